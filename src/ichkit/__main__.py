@@ -1,0 +1,3 @@
+from ichkit.cli import main
+
+raise SystemExit(main())

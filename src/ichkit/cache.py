@@ -1,0 +1,69 @@
+"""The on-disk image cache written by `prepare`, read by features and CNN loaders.
+
+Layout under ``<work>/cache/`` (files sharded by the first two characters after ``ID_`` so no folder
+grows to hundreds of thousands of entries):
+
+- ``cls/<xx>/<id>.npy``  uint8 (cls_size, cls_size, 3): the configured windows as channels
+- ``hu/<xx>/<id>.npy``   int16 (cls_size, cls_size): Hounsfield units (for radiomic features)
+- ``seg/<xx>/<id>.npy``  uint8 (seg_size, seg_size, 3): windows at segmentation size
+- ``mask/<xx>/<id>.png`` uint8 (seg_size, seg_size) 0/255 ground-truth mask, only where a mask exists
+- ``manifest.parquet``   one row per image prepared (status ok), see prepare.MANIFEST_COLUMNS
+- ``quarantine.csv``     image_id, path, reason for every input that could not be prepared
+- ``cache.json``         the prepare settings the cache was built with (windows, sizes)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+KINDS = {"cls": ".npy", "hu": ".npy", "seg": ".npy", "mask": ".png"}
+
+
+class ImageCache:
+    def __init__(self, work: Path | str):
+        self.root = Path(work) / "cache"
+
+    def path(self, kind: str, image_id: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"unknown cache kind {kind!r}; expected one of {sorted(KINDS)}")
+        shard = image_id[3:5] if image_id.startswith("ID_") else image_id[:2]
+        return self.root / kind / shard / f"{image_id}{KINDS[kind]}"
+
+    def has(self, kind: str, image_id: str) -> bool:
+        return self.path(kind, image_id).is_file()
+
+    def save(self, kind: str, image_id: str, array: np.ndarray) -> Path:
+        """Write atomically (temp file + rename) so an interrupted run never leaves a half file."""
+        p = self.path(kind, image_id)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        if kind == "mask":
+            from PIL import Image
+
+            with open(tmp, "wb") as fh:
+                Image.fromarray(np.where(array > 0, 255, 0).astype(np.uint8)).save(fh, format="PNG")
+        else:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+        tmp.replace(p)
+        return p
+
+    def load(self, kind: str, image_id: str, mmap: bool = False) -> np.ndarray:
+        p = self.path(kind, image_id)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not in cache: run `ichkit prepare`")
+        if kind == "mask":
+            from PIL import Image
+
+            return (np.asarray(Image.open(p)) > 0).astype(np.uint8)
+        return np.load(p, mmap_mode="r" if mmap else None)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.root / "quarantine.csv"

@@ -1,0 +1,161 @@
+"""Label vocabulary shared by every stage: the RSNA 6-label target, the 7-class target, and label CSV parsing."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# The five subtypes in the order RSNA lists them in its label and sample-submission files.
+SUBTYPES: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+# The RSNA multi-label target: `any` first (it carries weight 2 in the competition metric).
+RSNA_LABELS: tuple[str, ...] = ("any",) + SUBTYPES
+# The 7-class target of the reference paper.
+CLASSES7: tuple[str, ...] = (
+    "epidural",
+    "subdural",
+    "subarachnoid",
+    "intraparenchymal",
+    "intraventricular",
+    "multi",
+    "normal",
+)
+CLASS7_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES7)}
+
+
+class LabelFileError(ValueError):
+    """A label CSV that cannot be trusted: names the file and line."""
+
+    def __init__(self, path: Path | str, line: int | None, problem: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+        self.path, self.line, self.problem = str(path), line, problem
+
+
+def seven_class(any_: int, subtypes: dict[str, int] | pd.Series) -> str:
+    """The 7-class rule: normal if any=0; multi if two or more subtypes; else the single subtype.
+
+    A slice flagged `any` with no subtype set is inconsistent; it is called normal only if `any` is 0,
+    so such a slice raises instead of being guessed.
+    """
+    positives = [s for s in SUBTYPES if int(subtypes[s]) == 1]
+    if int(any_) == 0:
+        if positives:
+            raise ValueError(f"any=0 but subtypes {positives} are set")
+        return "normal"
+    if not positives:
+        raise ValueError("any=1 but no subtype is set")
+    return "multi" if len(positives) >= 2 else positives[0]
+
+
+def seven_class_column(df: pd.DataFrame) -> pd.Series:
+    """Vectorised `seven_class` over a frame with the six RSNA label columns (0/1 ints)."""
+    sub = df[list(SUBTYPES)].to_numpy(dtype=np.int64)
+    anyv = df["any"].to_numpy(dtype=np.int64)
+    n_pos = sub.sum(axis=1)
+    bad = ((anyv == 0) & (n_pos > 0)) | ((anyv == 1) & (n_pos == 0))
+    if bad.any():
+        first = df.index[np.flatnonzero(bad)[0]]
+        raise ValueError(f"{int(bad.sum())} rows with `any` inconsistent with the subtypes (first: {first})")
+    out = np.full(len(df), "normal", dtype=object)
+    single = n_pos == 1
+    out[single] = np.asarray(SUBTYPES, dtype=object)[sub[single].argmax(axis=1)]
+    out[n_pos >= 2] = "multi"
+    return pd.Series(out, index=df.index, name="label7")
+
+
+def _parse_binary(value: str, path: Path, line: int) -> int:
+    v = value.strip()
+    try:
+        f = float(v)
+    except ValueError:
+        raise LabelFileError(path, line, f"label value {value!r} is not 0 or 1") from None
+    if f not in (0.0, 1.0):
+        raise LabelFileError(path, line, f"label value {value!r} is not 0 or 1")
+    return int(f)
+
+
+def read_rsna_long_labels(path: Path | str) -> pd.DataFrame:
+    """Read the RSNA long label CSV (`ID,Label`, rows `ID_<sop>_<subtype>`) into one row per image.
+
+    Returns columns image_id + RSNA_LABELS (int8). Stops with LabelFileError naming file and line on a
+    malformed row, an unknown subtype, a non-binary label, a duplicate row or an image missing a label.
+    """
+    path = Path(path)
+    known = set(RSNA_LABELS)
+    rows: dict[str, dict[str, int]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["ID", "Label"]:
+            raise LabelFileError(path, 1, f"expected header 'ID,Label', got {header!r}")
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec or all(not x.strip() for x in rec):
+                continue
+            if len(rec) != 2:
+                raise LabelFileError(path, lineno, f"expected 2 fields, got {len(rec)}: {rec!r}")
+            rid, value = rec[0].strip(), rec[1]
+            image_id, sep, subtype = rid.rpartition("_")
+            if not sep or not image_id.startswith("ID_") or image_id == "ID":
+                raise LabelFileError(path, lineno, f"id {rid!r} is not of the form ID_<sop>_<subtype>")
+            if subtype not in known:
+                raise LabelFileError(path, lineno, f"unknown subtype {subtype!r} in {rid!r}")
+            labels = rows.setdefault(image_id, {})
+            if subtype in labels:
+                raise LabelFileError(path, lineno, f"duplicate row for {rid!r}")
+            labels[subtype] = _parse_binary(value, path, lineno)
+    for image_id, labels in rows.items():
+        missing = known - labels.keys()
+        if missing:
+            raise LabelFileError(path, None, f"image {image_id} lacks labels {sorted(missing)}")
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=list(RSNA_LABELS)).astype("int8")
+    df.index.name = "image_id"
+    return df.reset_index()
+
+
+def read_wide_labels(path: Path | str, id_column: str = "Image") -> pd.DataFrame:
+    """Read a wide label CSV (`Image,any,epidural,...`, the reference dataset's hemorrhage-labels.csv).
+
+    Image ids may carry a file extension or lack the `ID_` prefix; both are normalised to `ID_<hex>`.
+    """
+    path = Path(path)
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise LabelFileError(path, 1, "empty file")
+        header = [h.strip() for h in header]
+        if id_column not in header:
+            raise LabelFileError(path, 1, f"no {id_column!r} column in header {header!r}")
+        missing = [c for c in RSNA_LABELS if c not in header]
+        if missing:
+            raise LabelFileError(path, 1, f"header lacks label columns {missing}")
+        unknown = [c for c in header if c not in RSNA_LABELS and c != id_column and c and not c.startswith("Unnamed")]
+        if unknown:
+            raise LabelFileError(path, 1, f"unknown label columns {unknown}")
+        pos = {c: header.index(c) for c in (id_column,) + RSNA_LABELS}
+        out: dict[str, list[int]] = {}
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec or all(not x.strip() for x in rec):
+                continue
+            if len(rec) != len(header):
+                raise LabelFileError(path, lineno, f"expected {len(header)} fields, got {len(rec)}")
+            image_id = normalize_image_id(rec[pos[id_column]])
+            if image_id in out:
+                raise LabelFileError(path, lineno, f"duplicate image {image_id}")
+            out[image_id] = [_parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
+    df = pd.DataFrame.from_dict(out, orient="index", columns=list(RSNA_LABELS)).astype("int8")
+    df.index.name = "image_id"
+    return df.reset_index()
+
+
+def normalize_image_id(raw: str) -> str:
+    """`ID_abc.jpg`, `abc.png`, ` ID_abc ` -> `ID_abc`."""
+    s = raw.strip()
+    for ext in (".dcm", ".jpg", ".jpeg", ".png"):
+        if s.lower().endswith(ext):
+            s = s[: -len(ext)]
+            break
+    return s if s.startswith("ID_") else f"ID_{s}"
