@@ -1,0 +1,324 @@
+"""Decode one CT DICOM file into a `SliceData`: stored pixels, rescale, position, and what was fixed.
+
+The pixels stay in their stored integer dtype (uint16/int16): windowing goes through a lookup table in
+`windows.py`, which is cheaper than converting every image to float Hounsfield units. Compressed transfer
+syntaxes decode through pydicom's plug-ins (pylibjpeg-libjpeg: JPEG lossless / JPEG-LS, pylibjpeg-openjpeg:
+JPEG 2000, RLE natively).
+
+Every input that cannot become a slice raises `BadInput(path, "<reason>: <detail>")`, where `<reason>` is
+one of `REASONS` so a quarantine file can be grouped and grepped by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import struct
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichkit.slicedata import BadInput, SliceData
+
+# The quarantine reasons this module raises (the first word of BadInput.reason).
+REASONS: dict[str, str] = {
+    "file_not_found": "the path does not exist",
+    "unreadable": "the path exists but cannot be read (permissions, a folder, an I/O error)",
+    "not_dicom": "no DICOM preamble/'DICM' prefix and no readable data set",
+    "truncated": "the file ends before its header or pixel data is complete",
+    "no_pixel_data": "a DICOM file without a (7FE0,0010) Pixel Data element",
+    "no_decoder": "compressed transfer syntax that no installed pydicom plug-in decodes",
+    "decode_error": "the pixel data does not decode",
+    "bad_header": "image pixel tags (Rows, Columns, Bits Allocated) missing or inconsistent",
+    "odd_shape": "not a single 2-D grey-level frame of a usable size and aspect",
+}
+
+MIN_SIDE = 64        # smaller than this is a localizer thumbnail or an icon, not an axial CT slice
+MAX_ASPECT = 2.0     # longer side / shorter side; axial head CT is square (512x512) or close to it
+
+# The BitsStored-12 fix applies to files whose intercept is above this (the broken RSNA files have ~0).
+_BITS12_INTERCEPT_LIMIT = -100.0
+
+
+def bad_input(path: Path | str, reason: str, detail: str) -> BadInput:
+    """A BadInput whose reason is a REASONS slug followed by a short detail."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown quarantine reason {reason!r}")
+    return BadInput(str(path), f"{reason}: {detail}")
+
+
+def load_dicom(path: Path | str) -> SliceData:
+    """Read one DICOM file: stored pixels (integer dtype kept), slope/intercept, meta and notes.
+
+    Fixes applied (each leaves a note in `SliceData.notes`):
+    - missing RescaleSlope / RescaleIntercept -> 1 / 0;
+    - multi-valued rescale tags -> the first value;
+    - RSNA's BitsStored-12 files (unsigned, intercept > -100): pixels + 1000, values >= 4096 wrap by 4096,
+      intercept -1000 -- the fix used by the public RSNA 2019 solutions;
+    - no ImagePositionPatient -> z = InstanceNumber * slice spacing.
+    Raises BadInput for anything that cannot become a slice (see REASONS).
+
+    Values are read without pydicom's standard-conformance validation: RSNA's files carry `ID_<hex>`
+    where UIDs belong, which would otherwise warn and log several times per file. pydicom's remaining
+    warnings are caught; the one that matters (end of file inside the pixel data) becomes `truncated`.
+    """
+    with _lenient_reading(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        return _load(Path(path), caught)
+
+
+@contextlib.contextmanager
+def _lenient_reading() -> Iterator[None]:
+    """pydicom's reading validation off for the duration (restored after, so other readers keep theirs)."""
+    from pydicom import config
+
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = previous
+
+
+def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
+    ds = _read(path, caught)
+    tsyntax = _transfer_syntax(ds, path)
+    rows, cols = _check_geometry(ds, path)
+    problem = _missing_decoder(str(tsyntax))
+    if problem:
+        raise bad_input(path, "no_decoder", problem)
+    pixels = _decode(ds, path)
+    if pixels.ndim != 2 or pixels.shape != (rows, cols):
+        raise bad_input(path, "odd_shape", f"decoded array has shape {pixels.shape}, expected ({rows}, {cols})")
+
+    notes: list[str] = []
+    slope = _rescale_value(ds, "RescaleSlope", 1.0, notes)
+    intercept = _rescale_value(ds, "RescaleIntercept", 0.0, notes)
+    if (
+        ds.get("BitsStored") == 12
+        and ds.get("PixelRepresentation") == 0
+        and intercept > _BITS12_INTERCEPT_LIMIT
+        and pixels.dtype == np.uint16
+    ):
+        pixels = _bits_stored_12_fix(pixels)
+        notes.append(f"bits_stored_12_fix: pixels +1000 mod 4096, intercept {intercept:g} -> -1000")
+        intercept = -1000.0
+
+    meta = {
+        "patient_id": _text(ds, "PatientID"),
+        "study_id": _text(ds, "StudyInstanceUID"),
+        "series_id": _text(ds, "SeriesInstanceUID"),
+        "instance_number": _int_or_none(ds.get("InstanceNumber")),
+        "pixel_spacing": _first_float(ds.get("PixelSpacing")),
+        "slice_thickness": _first_float(ds.get("SliceThickness")),
+    }
+    meta["z"] = _slice_z(ds, meta, notes)
+    return SliceData(pixels=pixels, slope=slope, intercept=intercept, meta=meta, notes=notes)
+
+
+def _read(path: Path, caught: list[warnings.WarningMessage]) -> Any:
+    """dcmread with every failure mapped to a quarantine reason."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except FileNotFoundError:
+        raise bad_input(path, "file_not_found", "no such file") from None
+    except InvalidDicomError:
+        return _read_without_preamble(path)
+    except OSError as exc:
+        raise bad_input(path, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    except (EOFError, struct.error) as exc:
+        raise bad_input(path, "truncated", f"file ends inside the header ({exc})") from None
+    except Exception as exc:  # pydicom raises assorted errors on corrupt headers
+        raise bad_input(path, "not_dicom", f"header does not parse: {type(exc).__name__}: {exc}") from None
+    for w in caught:
+        if "End of file reached" in str(w.message):
+            raise bad_input(path, "truncated", "file ends inside the encapsulated pixel data")
+    return ds
+
+
+def _read_without_preamble(path: Path) -> Any:
+    """Some archives strip the 128-byte preamble and 'DICM' prefix; accept those only if they hold an image."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        looks_like_image = "PixelData" in ds and "Rows" in ds and "Columns" in ds
+    except Exception:
+        looks_like_image = False
+    if not looks_like_image:
+        size = path.stat().st_size
+        raise bad_input(path, "not_dicom", f"no 'DICM' prefix and no image data set ({size} bytes)")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, _little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds
+
+
+def _transfer_syntax(ds: Any, path: Path) -> Any:
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if tsyntax is None:
+        raise bad_input(path, "truncated", "file ends inside the file meta header (no Transfer Syntax UID)")
+    if "PixelData" not in ds:
+        if len(ds) and _last_element_cut(ds):
+            raise bad_input(path, "truncated", f"file ends inside element {list(ds.keys())[-1]}")
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        detail = f"only {other[0]}, not integer CT pixels" if other else "no (7FE0,0010) Pixel Data element"
+        raise bad_input(path, "no_pixel_data", detail)
+    return tsyntax
+
+
+def _last_element_cut(ds: Any) -> bool:
+    """True if the last element read holds fewer bytes than its header declares (the file was cut there)."""
+    raw = ds.get_item(list(ds.keys())[-1])
+    length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+    return isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF and len(value) < length
+
+
+def _check_geometry(ds: Any, path: Path) -> tuple[int, int]:
+    """Reject multi-frame, colour, tiny and very elongated images from the tags, before decoding."""
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) is None]
+    if missing:
+        raise bad_input(path, "bad_header", f"missing {', '.join(missing)}")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if frames != 1:
+        raise bad_input(path, "odd_shape", f"{frames} frames, expected a single 2-D slice")
+    if samples != 1:
+        raise bad_input(path, "odd_shape", f"{samples} samples per pixel ({ds.get('PhotometricInterpretation')}), expected 1")
+    if min(rows, cols) < MIN_SIDE:
+        raise bad_input(path, "odd_shape", f"{rows}x{cols} pixels, smaller than {MIN_SIDE}")
+    if max(rows, cols) / min(rows, cols) > MAX_ASPECT:
+        raise bad_input(path, "odd_shape", f"{rows}x{cols} pixels, aspect beyond {MAX_ASPECT:g}:1")
+    return rows, cols
+
+
+@functools.cache
+def _missing_decoder(tsyntax: str) -> str | None:
+    """None if pydicom can decode `tsyntax` here, else which syntax it is and what would decode it."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uid = UID(tsyntax)
+    label = f"{uid.name} ({uid})" if uid.name != str(uid) else f"unknown transfer syntax {uid}"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"{label}: pydicom has no pixel decoder for it; convert it first, e.g. `gdcmconv --raw`"
+    if not decoder.is_available:
+        return f"{label}: install one of: {'; '.join(decoder.missing_dependencies)}"
+    return None
+
+
+def _decode(ds: Any, path: Path) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except ValueError as exc:
+        if "less than expected" in str(exc):
+            raise bad_input(path, "truncated", "pixel data shorter than Rows x Columns x BitsAllocated") from None
+        raise bad_input(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise bad_input(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
+
+
+def _bits_stored_12_fix(pixels: np.ndarray) -> np.ndarray:
+    """RSNA 2019 files stored as 12-bit unsigned with two's-complement values: shift by 1000, wrap at 4096.
+
+    The public solutions do `x = x + 1000; x[x >= 4096] -= 4096` in uint16. With the stored values in
+    0..4095 (pydicom 3 masks the bits above BitsStored) that is exactly (x + 1000) mod 4096, computed here
+    in place as an add and a 12-bit mask (two passes, no boolean indexing); for values with stray high
+    bits, the mask applies DICOM's rule that bits above BitsStored carry no value.
+    """
+    fixed = pixels if pixels.flags.writeable else pixels.copy()
+    np.add(fixed, np.uint16(1000), out=fixed)
+    np.bitwise_and(fixed, np.uint16(0x0FFF), out=fixed)
+    return fixed
+
+
+def _rescale_value(ds: Any, keyword: str, default: float, notes: list[str]) -> float:
+    raw = ds.get(keyword)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        notes.append(f"no_{_snake(keyword)}: {keyword} missing, using {default:g}")
+        return default
+    value = _first_float(raw)
+    if value is None or not math.isfinite(value):
+        notes.append(f"bad_{_snake(keyword)}: {keyword} {raw!r} does not parse, using {default:g}")
+        return default
+    if _is_multi(raw):
+        notes.append(f"multivalue_{_snake(keyword)}: {keyword} {list(raw)!r}, using the first")
+    return value
+
+
+def _slice_z(ds: Any, meta: dict[str, Any], notes: list[str]) -> float:
+    """Position along the slice normal: ImagePositionPatient . (row x column direction cosines)."""
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    if position is not None:
+        orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+        if orientation is None:
+            notes.append("z_from_position: no ImageOrientationPatient, z = ImagePositionPatient[2]")
+            return float(position[2])
+        normal = np.cross(orientation[:3], orientation[3:])
+        return float(np.dot(position, normal))
+    spacing = _first_float(ds.get("SpacingBetweenSlices")) or meta.get("slice_thickness") or 1.0
+    if meta.get("instance_number") is not None:
+        notes.append(f"z_from_instance_number: no ImagePositionPatient, z = InstanceNumber x {spacing:g} mm")
+        return float(meta["instance_number"]) * float(spacing)
+    notes.append("no_z: neither ImagePositionPatient nor InstanceNumber")
+    return math.nan
+
+
+def _is_multi(value: Any) -> bool:
+    return not isinstance(value, (str, bytes)) and hasattr(value, "__len__")
+
+
+def _first_float(value: Any) -> float | None:
+    """DS strings, DSfloat, MultiValue ('1\\1' read as two values) and raw backslash strings -> first float."""
+    if value is None:
+        return None
+    if _is_multi(value):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str):
+        value = value.split("\\")[0].strip()
+        if not value:
+            return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, n: int) -> np.ndarray | None:
+    if value is None or not _is_multi(value) or len(value) != n:
+        return None
+    try:
+        out = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if np.all(np.isfinite(out)) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    f = _first_float(value)
+    return int(f) if f is not None and math.isfinite(f) else None
+
+
+def _text(ds: Any, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _snake(keyword: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in keyword).lstrip("_")

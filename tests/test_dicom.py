@@ -1,0 +1,307 @@
+"""ichkit.dicom.load_dicom on DICOM files written here with pydicom: values, tag quirks, codecs, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    MPEG2MPML,
+    RLELossless,
+    generate_uid,
+)
+
+from ichkit.dicom import REASONS, load_dicom
+from ichkit.slicedata import BadInput
+
+AXIAL = [1, 0, 0, 0, 1, 0]
+_UNSET = object()
+
+
+def ct_dataset(
+    pixels: np.ndarray,
+    *,
+    bits_stored: int | None = None,
+    slope: object = "1",
+    intercept: object = "-1024",
+    position: object = (-125.0, -125.0, 10.0),
+    orientation: object = AXIAL,
+    instance: int | None = 1,
+    patient: str = "ID_patient0",
+    study: str | None = None,
+    series: str | None = None,
+    thickness: str | None = "5",
+) -> Dataset:
+    """A CT image data set holding `pixels` (uint16 or int16); None / _UNSET leaves a tag out."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientID = patient
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.PixelSpacing = ["0.48828125", "0.48828125"]
+    if thickness is not None:
+        ds.SliceThickness = thickness
+    if instance is not None:
+        ds.InstanceNumber = instance
+    if position is not None:
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+    if orientation is not None:
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    ds.set_pixel_data(pixels, "MONOCHROME2", bits_stored or 8 * pixels.dtype.itemsize)
+    return ds
+
+
+def write_ct(path: Path, pixels: np.ndarray, *, transfer_syntax: str | None = None, **tags) -> Path:
+    """Write a CT DICOM file (optionally compressed with pydicom's encoders) and return its path."""
+    ds = ct_dataset(pixels, **tags)
+    if transfer_syntax is not None:
+        ds.compress(transfer_syntax, generate_instance_uid=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def head_pixels(size: int = 128, seed: int = 0, dtype=np.int16) -> np.ndarray:
+    """Stored values of a crude head: air 0, skull ring ~2000, brain ~1060 plus noise (intercept -1024)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2) / (size / 2)
+    img = np.where(r < 0.8, 1064, 24) + np.where((r > 0.7) & (r < 0.8), 1000, 0)
+    return (img + rng.integers(-20, 21, img.shape)).astype(dtype)
+
+
+def reason_of(exc: pytest.ExceptionInfo) -> str:
+    return exc.value.reason.split(":", 1)[0]
+
+
+# ----------------------------------------------------------------------------------------------- values
+def test_native_values_meta_and_dtype(tmp_path):
+    pixels = head_pixels(dtype=np.int16)
+    study, series = generate_uid(), generate_uid()
+    path = write_ct(tmp_path / "a.dcm", pixels, patient="ID_p7", study=study, series=series, instance=12,
+                    position=(-125.0, -120.0, 42.5))
+    sl = load_dicom(path)
+    assert sl.pixels.dtype == np.int16  # stored integers kept, no float conversion
+    np.testing.assert_array_equal(sl.pixels, pixels)
+    assert (sl.slope, sl.intercept) == (1.0, -1024.0)
+    np.testing.assert_allclose(sl.hu(), pixels.astype(np.float32) - 1024)
+    assert sl.meta == {
+        "patient_id": "ID_p7", "study_id": study, "series_id": series, "instance_number": 12,
+        "pixel_spacing": 0.48828125, "slice_thickness": 5.0, "z": 42.5,
+    }
+    assert sl.notes == []
+
+
+def test_rsna_style_ids_read_without_warnings(tmp_path, recwarn):
+    # RSNA writes ID_<hex> where UIDs belong; pydicom warns about each such value unless they are caught
+    path = write_ct(tmp_path / "ids.dcm", head_pixels(64), study="ID_5a1b2c", series="ID_9f8e7d")
+    recwarn.clear()
+    sl = load_dicom(path)
+    assert (sl.meta["study_id"], sl.meta["series_id"]) == ("ID_5a1b2c", "ID_9f8e7d")
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_unsigned_pixels_stay_uint16(tmp_path):
+    pixels = head_pixels(dtype=np.uint16)
+    sl = load_dicom(write_ct(tmp_path / "u.dcm", pixels))
+    assert sl.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(sl.pixels, pixels)
+
+
+def test_z_is_position_along_the_slice_normal_for_oblique_slices(tmp_path):
+    tilt = np.deg2rad(20)
+    row = np.array([1.0, 0.0, 0.0])
+    col = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
+    normal = np.cross(row, col)
+    # a point 37.5 mm along the normal, moved within the slice plane: z must still be 37.5
+    position = 37.5 * normal + 80.0 * row - 64.0 * col
+    sl = load_dicom(write_ct(tmp_path / "o.dcm", head_pixels(), position=tuple(position),
+                             orientation=list(row) + list(col)))
+    assert sl.meta["z"] == pytest.approx(37.5, abs=1e-4)
+    assert position[2] != pytest.approx(37.5, abs=1)  # the plain IPP[2] would have been wrong
+
+
+@pytest.mark.parametrize(
+    "slope, intercept, expected",
+    [
+        (" 1.0 ", "-1024.00", (1.0, -1024.0)),       # DS strings with padding
+        ("0.5", "-1000.5", (0.5, -1000.5)),
+        (["1", "1"], ["-1024", "-1000"], (1.0, -1024.0)),  # multi-valued: the first value
+    ],
+)
+def test_rescale_strings_and_multivalue(tmp_path, slope, intercept, expected):
+    sl = load_dicom(write_ct(tmp_path / "r.dcm", head_pixels(), slope=slope, intercept=intercept))
+    assert (sl.slope, sl.intercept) == expected
+    multi = isinstance(slope, list)
+    assert any(n.startswith("multivalue_rescale_intercept") for n in sl.notes) == multi
+
+
+def test_missing_rescale_tags_default_to_identity_with_notes(tmp_path):
+    sl = load_dicom(write_ct(tmp_path / "m.dcm", head_pixels(), slope=None, intercept=None))
+    assert (sl.slope, sl.intercept) == (1.0, 0.0)
+    slugs = {n.split(":")[0] for n in sl.notes}
+    assert slugs == {"no_rescale_slope", "no_rescale_intercept"}
+
+
+def test_bits_stored_12_fix_recovers_hu(tmp_path):
+    # the broken RSNA files: 12-bit unsigned storage of two's-complement values, intercept near 0
+    hu = np.array([-1000, -500, -1, 0, 40, 80, 1000, 3000], dtype=np.int64)
+    stored = np.resize(hu % 4096, (64, 64)).astype(np.uint16)
+    sl = load_dicom(write_ct(tmp_path / "b12.dcm", stored, bits_stored=12, slope="1", intercept="0"))
+    assert sl.intercept == -1000.0 and sl.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(sl.hu(), np.resize(hu, (64, 64)).astype(np.float32))
+    assert [n.split(":")[0] for n in sl.notes] == ["bits_stored_12_fix"]
+
+
+@pytest.mark.parametrize("intercept, signed", [("-1024", False), ("0", True)])
+def test_bits_stored_12_fix_only_where_it_applies(tmp_path, intercept, signed):
+    # signed storage holds HU directly (-1024..~1060, inside 12-bit signed); unsigned holds HU + 1024
+    pixels = head_pixels(64) - 1024 if signed else head_pixels(64, dtype=np.uint16)
+    sl = load_dicom(write_ct(tmp_path / "n.dcm", pixels, bits_stored=12, intercept=intercept))
+    np.testing.assert_array_equal(sl.pixels, pixels)
+    assert sl.intercept == float(intercept) and sl.notes == []
+
+
+def test_missing_position_orders_by_instance_number(tmp_path):
+    paths = [write_ct(tmp_path / f"s{i}.dcm", head_pixels(64, seed=i), position=None, instance=i, thickness="2.5")
+             for i in (3, 1, 2)]
+    slices = [load_dicom(p) for p in paths]
+    assert [s.meta["z"] for s in slices] == [7.5, 2.5, 5.0]
+    order = sorted(range(3), key=lambda k: slices[k].meta["z"])
+    assert [slices[k].meta["instance_number"] for k in order] == [1, 2, 3]
+    assert all(n.startswith("z_from_instance_number") for s in slices for n in s.notes)
+
+
+def test_file_without_preamble_still_reads(tmp_path):
+    pixels = head_pixels(64)
+    path = write_ct(tmp_path / "p.dcm", pixels)
+    stripped = tmp_path / "stripped.dcm"
+    stripped.write_bytes(path.read_bytes()[132:])  # drop the 128-byte preamble and "DICM"
+    np.testing.assert_array_equal(load_dicom(stripped).pixels, pixels)
+
+
+# ------------------------------------------------------------------------------------------------ codecs
+def _encodable(uid) -> bool:
+    from pydicom.pixels import get_encoder
+
+    try:
+        return get_encoder(uid).is_available
+    except NotImplementedError:
+        return False
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        RLELossless,
+        JPEG2000Lossless,
+        pytest.param(JPEGLSLossless, marks=pytest.mark.skipif(
+            not _encodable(JPEGLSLossless), reason="no JPEG-LS encoder (pyjpegls) installed to write the test file")),
+    ],
+    ids=["rle", "jpeg2000", "jpegls"],
+)
+def test_compressed_files_decode_to_the_original_pixels(tmp_path, syntax, dtype):
+    pixels = head_pixels(128, seed=3, dtype=dtype)
+    path = write_ct(tmp_path / "c.dcm", pixels, transfer_syntax=syntax)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    sl = load_dicom(path)
+    assert sl.pixels.dtype == pixels.dtype
+    np.testing.assert_array_equal(sl.pixels, pixels)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def test_not_a_dicom(tmp_path):
+    path = tmp_path / "x.dcm"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    with pytest.raises(BadInput) as exc:
+        load_dicom(path)
+    assert reason_of(exc) == "not_dicom" and exc.value.path == str(path)
+
+
+@pytest.mark.parametrize("keep", [200, 0.5], ids=["in_file_meta", "in_pixel_data"])
+def test_truncated(tmp_path, keep):
+    data = write_ct(tmp_path / "full.dcm", head_pixels()).read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    with pytest.raises(BadInput) as exc:
+        load_dicom(path)
+    assert reason_of(exc) == "truncated"
+
+
+def test_truncated_inside_compressed_pixel_data(tmp_path):
+    data = write_ct(tmp_path / "full.dcm", head_pixels(), transfer_syntax=RLELossless).read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadInput) as exc:
+        load_dicom(path)
+    assert reason_of(exc) == "truncated"
+
+
+def test_no_pixel_data(tmp_path):
+    ds = ct_dataset(head_pixels(64))
+    del ds.PixelData
+    path = tmp_path / "np.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(BadInput) as exc:
+        load_dicom(path)
+    assert reason_of(exc) == "no_pixel_data"
+
+
+@pytest.mark.parametrize("syntax", [MPEG2MPML, "1.2.826.0.1.3680043.9.9999.1"], ids=["mpeg2", "private"])
+def test_compressed_syntax_without_decoder_names_it(tmp_path, syntax):
+    path = write_ct(tmp_path / "c.dcm", head_pixels(64), transfer_syntax=RLELossless)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax  # same encapsulated bytes, a syntax nothing here decodes
+    ds.save_as(path)
+    with pytest.raises(BadInput) as exc:
+        load_dicom(path)
+    assert reason_of(exc) == "no_decoder"
+    assert str(syntax) in exc.value.reason
+
+
+@pytest.mark.parametrize(
+    "pixels, photometric, fragment",
+    [
+        (np.zeros((32, 32), np.int16), "MONOCHROME2", "smaller than 64"),
+        (np.zeros((512, 128), np.int16), "MONOCHROME2", "aspect"),
+        (np.zeros((2, 128, 128), np.int16), "MONOCHROME2", "2 frames"),
+        (np.zeros((128, 128, 3), np.uint8), "RGB", "3 samples per pixel"),
+    ],
+    ids=["tiny", "elongated", "multiframe", "rgb"],
+)
+def test_odd_shapes(tmp_path, pixels, photometric, fragment):
+    ds = ct_dataset(head_pixels(64))
+    ds.set_pixel_data(pixels, photometric, 8 * pixels.dtype.itemsize)
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(BadInput) as exc:
+        load_dicom(path)
+    assert reason_of(exc) == "odd_shape" and fragment in exc.value.reason
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(BadInput) as exc:
+        load_dicom(tmp_path / "nope.dcm")
+    assert reason_of(exc) == "file_not_found"
+    with pytest.raises(BadInput) as exc:
+        load_dicom(tmp_path)
+    assert reason_of(exc) == "unreadable"
+    assert set(REASONS) >= {"file_not_found", "unreadable"}

@@ -1,0 +1,283 @@
+"""ichkit.prepare on DICOM folders written here: cache contents, quarantine, resume, settings, table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import MPEG2MPML, RLELossless
+from test_dicom import head_pixels, write_ct
+
+from ichkit import prepare as prepare_mod
+from ichkit.cache import ImageCache
+from ichkit.config import load_config
+from ichkit.prepare import PrepareError, prepare_dataset
+from ichkit.readers.polygons import points_to_json
+from ichkit.table import POLYGON_COLUMNS, Dataset, conform, read_table
+
+CLS, SEG = 64, 128
+GOOD = 8  # good train DICOMs; two more good ones are the test split
+
+
+def small_cfg(**prepare) -> dict:
+    cfg = load_config(overrides=[f"prepare.cls_size={CLS}", f"prepare.seg_size={SEG}"])
+    cfg["prepare"].update(prepare)
+    return cfg
+
+
+def make_dataset(root: Path) -> Dataset:
+    """An RSNA-like folder: GOOD train + 2 test DICOMs of one series, one of each bad kind, one mask."""
+    folder = root / "stage_2_train"
+    series = pydicom.uid.generate_uid()
+    rows = []
+
+    def add(image_id: str, split: str = "train", source: str = "dicom", **extra) -> None:
+        sub = "stage_2_test" if split == "test" else "stage_2_train"
+        rows.append({"image_id": image_id, "split": split, "source": source, "path": f"{sub}/{image_id}.dcm",
+                     "any": 0 if split == "train" else pd.NA, "has_mask": False, **extra})
+
+    for i in range(GOOD + 2):
+        split = "test" if i >= GOOD else "train"
+        image_id = f"ID_{i:02d}ok"
+        write_ct(root / ("stage_2_test" if split == "test" else "stage_2_train") / f"{image_id}.dcm",
+                 head_pixels(128, seed=i, dtype=np.uint16), patient="ID_pat1", series=series,
+                 position=(-64.0, -64.0, 5.0 * i), instance=i + 1)
+        add(image_id, split)
+    # one slice whose file carries no patient id: the reader's value must survive
+    write_ct(folder / "ID_nopatient.dcm", head_pixels(128, dtype=np.uint16), patient="")
+    add("ID_nopatient", patient_id="ID_from_reader")
+
+    (folder / "ID_notdicom.dcm").write_bytes(b"just some text, not a DICOM file\n" * 50)
+    add("ID_notdicom")
+    data = write_ct(folder / "ID_truncated.dcm", head_pixels(128)).read_bytes()
+    (folder / "ID_truncated.dcm").write_bytes(data[: len(data) // 2])
+    add("ID_truncated")
+    ds = pydicom.dcmread(write_ct(folder / "ID_nopixels.dcm", head_pixels(128)))
+    del ds.PixelData
+    ds.save_as(folder / "ID_nopixels.dcm")
+    add("ID_nopixels")
+    ds = pydicom.dcmread(write_ct(folder / "ID_nodecoder.dcm", head_pixels(128), transfer_syntax=RLELossless))
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.save_as(folder / "ID_nodecoder.dcm")
+    add("ID_nodecoder")
+    write_ct(folder / "ID_tiny.dcm", head_pixels(32))
+    add("ID_tiny")
+    add("ID_missing")  # listed, no file
+    write_ct(folder / "ID_badsource.dcm", head_pixels(128))
+    add("ID_badsource", source="hologram")  # a good file behind an error that is not a BadInput
+
+    # a masked train slice: a square polygon in the middle quarter
+    write_ct(folder / "ID_masked.dcm", head_pixels(128, seed=99, dtype=np.uint16), patient="ID_pat2")
+    add("ID_masked", has_mask=True)
+    square = np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]])
+    polygons = pd.DataFrame({"image_id": ["ID_masked"], "points": [points_to_json(square)], "source": ["test:1"]})
+    return Dataset(root=root, layout="rsna", slices=conform(pd.DataFrame(rows)),
+                   polygons=conform(polygons, POLYGON_COLUMNS))
+
+
+BAD = {"ID_notdicom": "not_dicom", "ID_truncated": "truncated", "ID_nopixels": "no_pixel_data",
+       "ID_nodecoder": "no_decoder", "ID_tiny": "odd_shape", "ID_missing": "file_not_found",
+       "ID_badsource": "unexpected"}
+N_OK = GOOD + 2 + 2  # + ID_nopatient + ID_masked
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Dataset:
+    return make_dataset(tmp_path / "data")
+
+
+def test_prepare_caches_good_images_and_quarantines_each_bad_kind(dataset, tmp_path, capsys):
+    work = tmp_path / "work"
+    summary = prepare_dataset(dataset, work, small_cfg(), workers=1)
+
+    assert summary["images_in"] == N_OK + len(BAD)
+    assert summary["prepared_now"] == summary["in_cache"] == N_OK
+    assert summary["quarantined"] == len(BAD)
+    assert summary["quarantined_by_reason"] == {r: 1 for r in BAD.values()}
+    out = capsys.readouterr().out
+    assert f"{N_OK} in the cache + {len(BAD)} quarantined = {N_OK + len(BAD)}" in out
+
+    cache = ImageCache(work)
+    quarantine = pd.read_csv(cache.quarantine_path, keep_default_na=False)
+    assert list(quarantine.columns) == ["image_id", "path", "reason", "detail"]
+    assert dict(zip(quarantine["image_id"], quarantine["reason"])) == BAD
+    assert quarantine.set_index("image_id").loc["ID_nodecoder", "detail"].startswith("MPEG2")
+    assert "hologram" in quarantine.set_index("image_id").loc["ID_badsource", "detail"]
+
+    manifest = pd.read_parquet(cache.manifest_path)
+    assert sorted(manifest["image_id"]) == sorted(set(dataset.slices["image_id"]) - set(BAD))
+    assert (manifest[["height", "width"]] == 128).all().all()
+
+    for image_id in manifest["image_id"]:
+        cls, hu = cache.load("cls", image_id), cache.load("hu", image_id)
+        assert cls.shape == (CLS, CLS, 3) and cls.dtype == np.uint8
+        assert hu.shape == (CLS, CLS) and hu.dtype == np.int16
+    for image_id in BAD:
+        assert not cache.has("cls", image_id)
+    # seg_cache masked_and_test: the two test slices and the masked one, nothing else
+    seg_ids = {p.stem for p in (cache.root / "seg").rglob("*.npy")}
+    assert seg_ids == {"ID_08ok", "ID_09ok", "ID_masked"}
+    assert cache.load("seg", "ID_08ok").shape == (SEG, SEG, 3)
+    mask = cache.load("mask", "ID_masked")
+    assert mask.shape == (SEG, SEG) and mask.sum() == (SEG // 2) ** 2 and mask[SEG // 2, SEG // 2] == 1
+
+
+def test_cached_values_are_the_windowed_dicom(dataset, tmp_path):
+    from ichkit.dicom import load_dicom
+    from ichkit.windows import apply_windows, hu_map, resize
+
+    work = tmp_path / "work"
+    cfg = small_cfg()
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    sl = load_dicom(dataset.root / "stage_2_train" / "ID_03ok.dcm")
+    windows = [tuple(w) for w in cfg["prepare"]["windows"].values()]
+    np.testing.assert_array_equal(ImageCache(work).load("cls", "ID_03ok"), resize(apply_windows(sl, windows), CLS))
+    hu = ImageCache(work).load("hu", "ID_03ok")
+    np.testing.assert_array_equal(hu, hu_map(sl, CLS))
+    # the phantom head: brain ~40 HU in the middle, air -1000 in the corner
+    assert abs(int(hu[CLS // 2, CLS // 2]) - 40) <= 25 and hu[0, 0] <= -990
+
+
+def test_table_gets_meta_from_the_files_and_a_status(dataset, tmp_path):
+    work = tmp_path / "work"
+    prepare_dataset(dataset, work, small_cfg(), workers=1, progress=False)
+    table = read_table(work).slices.set_index("image_id")
+    assert table.loc["ID_03ok", "patient_id"] == "ID_pat1"
+    assert table.loc["ID_03ok", "z"] == 15.0 and table.loc["ID_03ok", "instance_number"] == 4
+    assert table.loc["ID_03ok", "pixel_spacing"] == pytest.approx(0.48828125)
+    assert table.loc["ID_nopatient", "patient_id"] == "ID_from_reader"
+    assert (table.loc[list(BAD), "status"] == "quarantined").all()
+    assert (table.drop(index=list(BAD))["status"] == "ok").all()
+    assert json.loads((work / "table.json").read_text())["root"] == str(dataset.root.resolve())
+
+
+def test_rerun_skips_everything_and_a_deleted_file_is_prepared_again(dataset, tmp_path):
+    work, cfg = tmp_path / "work", small_cfg()
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    again = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert again["prepared_now"] == 0 and again["quarantined_now"] == 0
+    assert again["skipped_done"] == N_OK and again["skipped_quarantined"] == len(BAD)
+
+    cache = ImageCache(work)
+    before = cache.path("cls", "ID_01ok").stat().st_mtime_ns
+    cache.path("hu", "ID_05ok").unlink()
+    third = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert third["prepared_now"] == 1 and third["skipped_done"] == N_OK - 1
+    assert cache.has("hu", "ID_05ok")
+    assert cache.path("cls", "ID_01ok").stat().st_mtime_ns == before
+
+
+def test_interrupted_run_resumes_from_the_manifest_log(dataset, tmp_path, monkeypatch):
+    work, cfg = tmp_path / "work", small_cfg(chunksize=4)
+    real_append = prepare_mod._Records.append
+    calls = []
+
+    def append_then_die(self, ok, bad):
+        real_append(self, ok, bad)
+        calls.append(len(ok) + len(bad))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_mod._Records, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert (work / "cache" / "manifest.jsonl").is_file() and not (work / "cache" / "manifest.parquet").exists()
+    monkeypatch.setattr(prepare_mod._Records, "append", real_append)
+
+    resumed = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert resumed["skipped_done"] + resumed["skipped_quarantined"] == sum(calls) == 8
+    assert resumed["prepared_now"] + resumed["quarantined_now"] == N_OK + len(BAD) - 8
+    assert resumed["in_cache"] == N_OK and resumed["quarantined"] == len(BAD)
+    assert not (work / "cache" / "manifest.jsonl").exists()
+
+
+def test_changed_settings_need_force_which_rebuilds(dataset, tmp_path):
+    work = tmp_path / "work"
+    prepare_dataset(dataset, work, small_cfg(), workers=1, progress=False)
+    changed = small_cfg(windows={"brain": [40, 80], "subdural": [75, 215], "bone": [600, 2800]})
+    with pytest.raises(PrepareError, match="--force") as exc:
+        prepare_dataset(dataset, work, changed, workers=1, progress=False)
+    assert "windows" in str(exc.value)
+    rebuilt = prepare_dataset(dataset, work, changed, workers=1, force=True, progress=False)
+    assert rebuilt["prepared_now"] == N_OK and rebuilt["quarantined_now"] == len(BAD)
+    assert json.loads((work / "cache" / "cache.json").read_text())["windows"]["subdural"] == [75.0, 215.0]
+
+
+def test_refuses_a_work_folder_of_another_dataset(dataset, tmp_path):
+    work = tmp_path / "work"
+    prepare_dataset(dataset, work, small_cfg(), workers=1, progress=False)
+    other = make_dataset(tmp_path / "other")
+    with pytest.raises(PrepareError, match="--work"):
+        prepare_dataset(other, work, small_cfg(), workers=1, progress=False)
+
+
+def test_process_pool_gives_the_same_cache(dataset, tmp_path):
+    one, two = tmp_path / "w1", tmp_path / "w2"
+    prepare_dataset(dataset, one, small_cfg(seg_cache="none"), workers=1, progress=False)
+    summary = prepare_dataset(dataset, two, small_cfg(seg_cache="none", chunksize=3), workers=2, progress=False)
+    assert summary["workers"] == 2 and summary["in_cache"] == N_OK and summary["quarantined"] == len(BAD)
+    for image_id in ("ID_00ok", "ID_09ok", "ID_masked"):
+        for kind in ("cls", "hu"):
+            np.testing.assert_array_equal(ImageCache(one).load(kind, image_id), ImageCache(two).load(kind, image_id))
+    assert not (two / "cache" / "seg").exists()
+
+
+def test_cli_without_a_dataset_says_what_to_do(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    prepare_mod.add_arguments(parser)
+    (tmp_path / "empty").mkdir()
+    cfg = small_cfg()
+    cfg["paths"]["work"] = str(tmp_path / "work")
+    assert prepare_mod.run(parser.parse_args(["--data", str(tmp_path / "empty")]), cfg) == 2
+    err = capsys.readouterr().err
+    assert "ichkit demo-data" in err and "--data" in err
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from ichkit.phantom import generate_dataset
+
+    out = tmp_path_factory.mktemp("phantom") / "rsna"
+    generate_dataset(out, patients=2, seed=11, corrupt=3, workers=1, progress=False)
+    return out
+
+
+def test_end_to_end_on_the_phantom_through_the_cli(phantom, tmp_path, capsys):
+    from ichkit.cli import main
+
+    demo = json.loads((phantom / "demo.json").read_text())
+    work = tmp_path / "work"
+    assert main(["prepare", "--data", str(phantom.parent), "--work", str(work), "--workers", "1",
+                 "--set", f"prepare.cls_size={CLS}", "--set", f"prepare.seg_size={SEG}"]) == 0
+    out = capsys.readouterr().out
+
+    table = read_table(work).slices
+    n = sum(demo["slices"].values())
+    corrupt = {c["image_id"]: c["kind"] for c in demo["corrupt"]}
+    assert len(table) == n and len(corrupt) == 3
+    # the phantom's corruptions carry the names of the quarantine reasons they must produce
+    quarantine = pd.read_csv(ImageCache(work).quarantine_path, keep_default_na=False)
+    assert dict(zip(quarantine["image_id"], quarantine["reason"])) == corrupt
+    assert set(table.loc[table["status"] == "quarantined", "image_id"]) == set(corrupt)
+    assert (table.loc[~table["image_id"].isin(corrupt), "status"] == "ok").all()
+    assert f"{n - 3} in the cache + 3 quarantined = {n}" in out
+
+    # every broken-intercept file was fixed, and only those
+    manifest = pd.read_parquet(ImageCache(work).manifest_path).set_index("image_id")
+    fixed = set(manifest.index[manifest["notes"].str.contains("bits_stored_12_fix")])
+    assert fixed == set(demo["variants"]["bad_intercept"]["image_ids"]) - set(corrupt)
+    # with the fix, air reads -1000 HU like the other encodings' air/padding (read naively: +3096)
+    cache = ImageCache(work)
+    for image_id in sorted(fixed)[:3] + sorted(manifest.index.difference(list(fixed)))[:3]:
+        assert -1024 <= np.median(cache.load("hu", image_id)[:4, :]) <= -990
+    # z comes from the DICOM geometry and orders each series
+    ok = table[table["status"] == "ok"]
+    assert ok["z"].notna().all() and ok["patient_id"].str.startswith("ID_").all()
+    masked = ok[ok["has_mask"]]
+    assert len(masked) and all(cache.has("mask", i) for i in masked["image_id"])
