@@ -3,10 +3,10 @@
 The pixels stay in their stored integer dtype (uint16/int16): windowing goes through a lookup table in
 `windows.py`, which is cheaper than converting every image to float Hounsfield units. Compressed transfer
 syntaxes decode through pydicom's plug-ins (pylibjpeg-libjpeg: JPEG lossless / JPEG-LS, pylibjpeg-openjpeg:
-JPEG 2000, RLE natively).
+JPEG 2000, pylibjpeg-rle: RLE Lossless).
 
-Every input that cannot become a slice raises `BadInput(path, "<reason>: <detail>")`, where `<reason>` is
-one of `REASONS` so a quarantine file can be grouped and grepped by it.
+Every input that cannot become a slice raises `BadInput(path, reason, detail)`, `reason` one of
+`slicedata.REASONS`, so a quarantine file can be grouped and grepped by it.
 """
 
 from __future__ import annotations
@@ -24,31 +24,11 @@ import numpy as np
 
 from ichkit.slicedata import BadInput, SliceData
 
-# The quarantine reasons this module raises (the first word of BadInput.reason).
-REASONS: dict[str, str] = {
-    "file_not_found": "the path does not exist",
-    "unreadable": "the path exists but cannot be read (permissions, a folder, an I/O error)",
-    "not_dicom": "no DICOM preamble/'DICM' prefix and no readable data set",
-    "truncated": "the file ends before its header or pixel data is complete",
-    "no_pixel_data": "a DICOM file without a (7FE0,0010) Pixel Data element",
-    "no_decoder": "compressed transfer syntax that no installed pydicom plug-in decodes",
-    "decode_error": "the pixel data does not decode",
-    "bad_header": "image pixel tags (Rows, Columns, Bits Allocated) missing or inconsistent",
-    "odd_shape": "not a single 2-D grey-level frame of a usable size and aspect",
-}
-
 MIN_SIDE = 64        # smaller than this is a localizer thumbnail or an icon, not an axial CT slice
 MAX_ASPECT = 2.0     # longer side / shorter side; axial head CT is square (512x512) or close to it
 
 # The BitsStored-12 fix applies to files whose intercept is above this (the broken RSNA files have ~0).
 _BITS12_INTERCEPT_LIMIT = -100.0
-
-
-def bad_input(path: Path | str, reason: str, detail: str) -> BadInput:
-    """A BadInput whose reason is a REASONS slug followed by a short detail."""
-    if reason not in REASONS:
-        raise ValueError(f"unknown quarantine reason {reason!r}")
-    return BadInput(str(path), f"{reason}: {detail}")
 
 
 def load_dicom(path: Path | str) -> SliceData:
@@ -60,7 +40,7 @@ def load_dicom(path: Path | str) -> SliceData:
     - RSNA's BitsStored-12 files (unsigned, intercept > -100): pixels + 1000, values >= 4096 wrap by 4096,
       intercept -1000 -- the fix used by the public RSNA 2019 solutions;
     - no ImagePositionPatient -> z = InstanceNumber * slice spacing.
-    Raises BadInput for anything that cannot become a slice (see REASONS).
+    Raises BadInput for anything that cannot become a slice (see slicedata.REASONS).
 
     Values are read without pydicom's standard-conformance validation: RSNA's files carry `ID_<hex>`
     where UIDs belong, which would otherwise warn and log several times per file. pydicom's remaining
@@ -90,10 +70,10 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
     rows, cols = _check_geometry(ds, path)
     problem = _missing_decoder(str(tsyntax))
     if problem:
-        raise bad_input(path, "no_decoder", problem)
+        raise BadInput(path, "no_decoder", problem)
     pixels = _decode(ds, path)
     if pixels.ndim != 2 or pixels.shape != (rows, cols):
-        raise bad_input(path, "odd_shape", f"decoded array has shape {pixels.shape}, expected ({rows}, {cols})")
+        raise BadInput(path, "odd_shape", f"decoded array has shape {pixels.shape}, expected ({rows}, {cols})")
 
     notes: list[str] = []
     slope = _rescale_value(ds, "RescaleSlope", 1.0, notes)
@@ -128,18 +108,18 @@ def _read(path: Path, caught: list[warnings.WarningMessage]) -> Any:
     try:
         ds = pydicom.dcmread(path)
     except FileNotFoundError:
-        raise bad_input(path, "file_not_found", "no such file") from None
+        raise BadInput(path, "file_not_found", "no such file") from None
     except InvalidDicomError:
         return _read_without_preamble(path)
     except OSError as exc:
-        raise bad_input(path, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        raise BadInput(path, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
     except (EOFError, struct.error) as exc:
-        raise bad_input(path, "truncated", f"file ends inside the header ({exc})") from None
+        raise BadInput(path, "truncated", f"file ends inside the header ({exc})") from None
     except Exception as exc:  # pydicom raises assorted errors on corrupt headers
-        raise bad_input(path, "not_dicom", f"header does not parse: {type(exc).__name__}: {exc}") from None
+        raise BadInput(path, "not_dicom", f"header does not parse: {type(exc).__name__}: {exc}") from None
     for w in caught:
         if "End of file reached" in str(w.message):
-            raise bad_input(path, "truncated", "file ends inside the encapsulated pixel data")
+            raise BadInput(path, "truncated", "file ends inside the encapsulated pixel data")
     return ds
 
 
@@ -154,7 +134,7 @@ def _read_without_preamble(path: Path) -> Any:
         looks_like_image = False
     if not looks_like_image:
         size = path.stat().st_size
-        raise bad_input(path, "not_dicom", f"no 'DICM' prefix and no image data set ({size} bytes)")
+        raise BadInput(path, "not_dicom", f"no 'DICM' prefix and no image data set ({size} bytes)")
     if "TransferSyntaxUID" not in ds.file_meta:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -166,13 +146,13 @@ def _read_without_preamble(path: Path) -> Any:
 def _transfer_syntax(ds: Any, path: Path) -> Any:
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if tsyntax is None:
-        raise bad_input(path, "truncated", "file ends inside the file meta header (no Transfer Syntax UID)")
+        raise BadInput(path, "truncated", "file ends inside the file meta header (no Transfer Syntax UID)")
     if "PixelData" not in ds:
         if len(ds) and _last_element_cut(ds):
-            raise bad_input(path, "truncated", f"file ends inside element {list(ds.keys())[-1]}")
+            raise BadInput(path, "truncated", f"file ends inside element {list(ds.keys())[-1]}")
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         detail = f"only {other[0]}, not integer CT pixels" if other else "no (7FE0,0010) Pixel Data element"
-        raise bad_input(path, "no_pixel_data", detail)
+        raise BadInput(path, "no_pixel_data", detail)
     return tsyntax
 
 
@@ -187,18 +167,18 @@ def _check_geometry(ds: Any, path: Path) -> tuple[int, int]:
     """Reject multi-frame, colour, tiny and very elongated images from the tags, before decoding."""
     missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) is None]
     if missing:
-        raise bad_input(path, "bad_header", f"missing {', '.join(missing)}")
+        raise BadInput(path, "bad_header", f"missing {', '.join(missing)}")
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = _int_or_none(ds.get("NumberOfFrames")) or 1
     samples = int(ds.get("SamplesPerPixel") or 1)
     if frames != 1:
-        raise bad_input(path, "odd_shape", f"{frames} frames, expected a single 2-D slice")
+        raise BadInput(path, "odd_shape", f"{frames} frames, expected a single 2-D slice")
     if samples != 1:
-        raise bad_input(path, "odd_shape", f"{samples} samples per pixel ({ds.get('PhotometricInterpretation')}), expected 1")
+        raise BadInput(path, "odd_shape", f"{samples} samples per pixel ({ds.get('PhotometricInterpretation')}), expected 1")
     if min(rows, cols) < MIN_SIDE:
-        raise bad_input(path, "odd_shape", f"{rows}x{cols} pixels, smaller than {MIN_SIDE}")
+        raise BadInput(path, "odd_shape", f"{rows}x{cols} pixels, smaller than {MIN_SIDE}")
     if max(rows, cols) / min(rows, cols) > MAX_ASPECT:
-        raise bad_input(path, "odd_shape", f"{rows}x{cols} pixels, aspect beyond {MAX_ASPECT:g}:1")
+        raise BadInput(path, "odd_shape", f"{rows}x{cols} pixels, aspect beyond {MAX_ASPECT:g}:1")
     return rows, cols
 
 
@@ -224,10 +204,10 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
         return ds.pixel_array
     except ValueError as exc:
         if "less than expected" in str(exc):
-            raise bad_input(path, "truncated", "pixel data shorter than Rows x Columns x BitsAllocated") from None
-        raise bad_input(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
+            raise BadInput(path, "truncated", "pixel data shorter than Rows x Columns x BitsAllocated") from None
+        raise BadInput(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:
-        raise bad_input(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
+        raise BadInput(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
 
 
 def _bits_stored_12_fix(pixels: np.ndarray) -> np.ndarray:

@@ -66,7 +66,8 @@ def seven_class_column(df: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=df.index, name="label7")
 
 
-def _parse_binary(value: str, path: Path, line: int) -> int:
+def parse_binary(value: str, path: Path, line: int) -> int:
+    """A 0/1 label cell (`1`, `0`, `1.0`), else LabelFileError naming file and line."""
     v = value.strip()
     try:
         f = float(v)
@@ -105,7 +106,7 @@ def read_rsna_long_labels(path: Path | str) -> pd.DataFrame:
             labels = rows.setdefault(image_id, {})
             if subtype in labels:
                 raise LabelFileError(path, lineno, f"duplicate row for {rid!r}")
-            labels[subtype] = _parse_binary(value, path, lineno)
+            labels[subtype] = parse_binary(value, path, lineno)
     for image_id, labels in rows.items():
         missing = known - labels.keys()
         if missing:
@@ -145,7 +146,7 @@ def read_wide_labels(path: Path | str, id_column: str = "Image") -> pd.DataFrame
             image_id = normalize_image_id(rec[pos[id_column]])
             if image_id in out:
                 raise LabelFileError(path, lineno, f"duplicate image {image_id}")
-            out[image_id] = [_parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
+            out[image_id] = [parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
     df = pd.DataFrame.from_dict(out, orient="index", columns=list(RSNA_LABELS)).astype("int8")
     df.index.name = "image_id"
     return df.reset_index()

@@ -19,7 +19,6 @@ import csv
 import json
 import math
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -64,7 +63,6 @@ META_COLUMNS = ("patient_id", "study_id", "series_id", "z", "instance_number", "
 SEG_CACHE_CHOICES = ("all", "masked_and_test", "none")
 CACHE_FORMAT = 1
 
-_REASON = re.compile(r"^([a-z][a-z0-9_]*)(?::\s*(.*))?$", re.DOTALL)
 
 
 class PrepareError(ValueError):
@@ -157,7 +155,7 @@ def _prepare_one(row: pd.Series, polygons: list[np.ndarray]) -> dict[str, Any]:
     path = root / str(row["path"])
     try:
         if not path.exists():
-            raise BadInput(str(path), "file_not_found: no such file")
+            raise BadInput(path, "file_not_found", "no such file")
         sl = readers.load_slice(row, root, channels=list(settings.windows))
         img = apply_windows(sl, settings.window_list)
         brain_window, brain_channel = settings.brain
@@ -172,8 +170,8 @@ def _prepare_one(row: pd.Series, polygons: list[np.ndarray]) -> dict[str, Any]:
             if mask is not None:
                 arrays["mask"] = mask
     except BadInput as exc:
-        reason, detail = split_reason(exc.reason)
-        return {"quarantine": {"image_id": image_id, "path": exc.path, "reason": reason, "detail": detail}}
+        return {"quarantine": {"image_id": image_id, "path": exc.path, "reason": exc.reason,
+                               "detail": _one_line(exc.detail)}}
     except Exception as exc:  # one bad file must never stop the run; it is recorded instead
         detail = _one_line(f"{type(exc).__name__}: {exc}")
         return {"quarantine": {"image_id": image_id, "path": str(path), "reason": "unexpected", "detail": detail}}
@@ -195,13 +193,6 @@ def _prepare_one(row: pd.Series, polygons: list[np.ndarray]) -> dict[str, Any]:
         "seg": "seg" in arrays,
         "mask": "mask" in arrays,
     }}
-
-
-def split_reason(text: str) -> tuple[str, str]:
-    """'no_pixel_data: detail' -> ('no_pixel_data', 'detail'); free text -> ('bad_input', text)."""
-    m = _REASON.match(text.strip())
-    reason, detail = (m.group(1), m.group(2) or "") if m else ("bad_input", text)
-    return reason, _one_line(detail)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-class BadInput(Exception):
-    """An input that cannot be prepared. `prepare` quarantines it (file + reason) and the run goes on."""
+# Why an input was quarantined: the `reason` column of quarantine.csv, one slug per kind of problem, so the
+# file can be grouped and grepped. Every loader (DICOM, NIfTI, images) raises BadInput with one of these.
+REASONS: dict[str, str] = {
+    "file_not_found": "the path does not exist",
+    "unreadable": "the path exists but cannot be read (permissions, a folder, an I/O error)",
+    "not_dicom": "no DICOM preamble/'DICM' prefix and no readable data set",
+    "truncated": "the file ends before its header or pixel data is complete",
+    "no_pixel_data": "a DICOM file without a (7FE0,0010) Pixel Data element",
+    "no_decoder": "compressed transfer syntax that no installed pydicom plug-in decodes",
+    "decode_error": "the pixel data does not decode",
+    "bad_header": "image pixel tags (Rows, Columns, Bits Allocated) missing or inconsistent",
+    "odd_shape": "not a single 2-D grey-level frame of a usable size and aspect",
+}
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
+
+class BadInput(Exception):
+    """An input that cannot be prepared. `prepare` quarantines it (file, reason, detail) and the run goes on."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}; expected one of {sorted(REASONS)}")
+        super().__init__(f"{path}: {reason}: {detail}" if detail else f"{path}: {reason}")
+        self.path, self.reason, self.detail = str(path), reason, detail
 
 
 @dataclass

@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ichkit.dicom import bad_input  # the shared quarantine reasons (dicom.REASONS)
 from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id, read_wide_labels
 from ichkit.readers import renders
 from ichkit.readers.common import assign_patients, cell_text, examples, index_by_image_id, iter_files, log, with_label7
-from ichkit.slicedata import SliceData
+from ichkit.slicedata import BadInput, SliceData
 from ichkit.table import Dataset, conform
 
 if TYPE_CHECKING:
@@ -146,12 +145,12 @@ def _open(path: Path) -> PILImage:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise bad_input(path, "file_not_found", "no such image file")
+        raise BadInput(path, "file_not_found", "no such image file")
     try:
         img = Image.open(path)
         img.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise bad_input(path, "decode_error", f"not a readable image: {exc}") from None
+        raise BadInput(path, "decode_error", f"not a readable image: {exc}") from None
     return img
 
 
@@ -171,11 +170,11 @@ def read_uint8(path: Path) -> tuple[np.ndarray, list[str]]:
     if mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit grey) and I (32-bit int, 16-bit PNGs often load so)
         values = np.asarray(img).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise bad_input(path, "decode_error", f"{mode} image with values outside 0..65535")
+            raise BadInput(path, "decode_error", f"{mode} image with values outside 0..65535")
         notes.append("scaled_16_to_8_bit: round(v / 257)")
         return np.rint(values / 257.0).astype(np.uint8), notes
     if mode == "F":
-        raise bad_input(path, "decode_error", "floating-point image: its intensity scale is unknown")
+        raise BadInput(path, "decode_error", "floating-point image: its intensity scale is unknown")
     if mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8), notes
     if mode != "RGB":
@@ -212,7 +211,7 @@ def _load_render(row: pd.Series, root: Path, channels: Sequence[str]) -> SliceDa
         else:
             plane, more = _grey(root / rel)
             if plane.shape != brain.shape:
-                raise bad_input(root / rel, "odd_shape", f"window is {plane.shape[1]}x{plane.shape[0]}, "
+                raise BadInput(root / rel, "odd_shape", f"window is {plane.shape[1]}x{plane.shape[0]}, "
                                                          f"the brain window {brain.shape[1]}x{brain.shape[0]}")
             notes += more
             planes.append(plane)
@@ -229,7 +228,7 @@ def load_image_slice(row: pd.Series, root: Path, channels: Sequence[str] = rende
     root = Path(root)
     rel = cell_text(row, "path")
     if not rel:
-        raise bad_input(str(row["image_id"]), "file_not_found", f"no image file for this id under {root}")
+        raise BadInput(str(row["image_id"]), "file_not_found", f"no image file for this id under {root}")
     if renders.is_render_path(rel):
         return _load_render(row, root, channels)
     arr, notes = read_uint8(root / rel)

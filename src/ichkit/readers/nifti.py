@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ichkit.dicom import bad_input  # the shared quarantine reasons (dicom.REASONS)
-from ichkit.labels import SUBTYPES, LabelFileError, _parse_binary
+from ichkit.labels import SUBTYPES, LabelFileError, parse_binary
 from ichkit.readers.common import examples, log, relative, with_label7
 from ichkit.slicedata import BadInput, SliceData
 from ichkit.table import Dataset, conform
@@ -117,8 +116,8 @@ def read_ctich_labels(path: Path) -> pd.DataFrame:
             if (patient, slice_number) in seen:
                 raise LabelFileError(path, lineno, f"duplicate row for patient {patient} slice {slice_number}")
             seen.add((patient, slice_number))
-            subtypes = {s: _parse_binary(rec[pos[c]], path, lineno) for c, s in SUBTYPE_COLUMNS.items()}
-            any_ = 1 - _parse_binary(rec[pos[NO_HEMORRHAGE]], path, lineno)
+            subtypes = {s: parse_binary(rec[pos[c]], path, lineno) for c, s in SUBTYPE_COLUMNS.items()}
+            any_ = 1 - parse_binary(rec[pos[NO_HEMORRHAGE]], path, lineno)
             if any_ != int(any(subtypes.values())):
                 raise LabelFileError(path, lineno, f"{NO_HEMORRHAGE}={1 - any_} contradicts the subtype columns "
                                                    f"({', '.join(c for c, s in SUBTYPE_COLUMNS.items() if subtypes[s]) or 'none set'})")
@@ -149,11 +148,11 @@ def volume_geometry(img: Any, path: Path | str) -> SliceGeometry:
     from nibabel.orientations import io_orientation, ornt_transform
 
     if len(img.shape) < 3 or any(n != 1 for n in img.shape[3:]):
-        raise bad_input(path, "odd_shape", f"expected a 3-D volume, got shape {tuple(img.shape)}")
+        raise BadInput(path, "odd_shape", f"expected a 3-D volume, got shape {tuple(img.shape)}")
     affine = np.asarray(img.affine, dtype=np.float64)
     ornt = io_orientation(affine[:4, :4])[:3]
     if np.isnan(ornt).any():
-        raise bad_input(path, "bad_header", "the affine is degenerate; cannot tell the slice axis")
+        raise BadInput(path, "bad_header", "the affine is degenerate; cannot tell the slice axis")
     slice_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
     in_plane = [a for a in range(3) if a != slice_axis]
     zooms = img.header.get_zooms()[:3]
@@ -174,9 +173,9 @@ def _load(path: str, **kwargs: Any) -> Any:
     try:
         return nib.load(path, **kwargs)
     except FileNotFoundError:
-        raise bad_input(path, "file_not_found", "no such volume file") from None
+        raise BadInput(path, "file_not_found", "no such volume file") from None
     except Exception as exc:  # nibabel raises ImageFileError, HeaderDataError, OSError, ...
-        raise bad_input(path, "unreadable", f"not a readable NIfTI volume: {exc}") from None
+        raise BadInput(path, "unreadable", f"not a readable NIfTI volume: {exc}") from None
 
 
 def header_geometry(path: Path) -> SliceGeometry:
@@ -199,7 +198,7 @@ def read_oriented_slice(path: Path, frame: int) -> tuple[np.ndarray, SliceGeomet
 
     img, geom = _open_volume(str(path))
     if not 0 <= frame < geom.n_slices:
-        raise bad_input(path, "odd_shape", f"frame {frame} is outside the volume's {geom.n_slices} slices")
+        raise BadInput(path, "odd_shape", f"frame {frame} is outside the volume's {geom.n_slices} slices")
     index: list[Any] = [slice(None)] * len(img.shape)
     index[geom.slice_axis] = frame
     for extra in range(3, len(img.shape)):
@@ -207,7 +206,7 @@ def read_oriented_slice(path: Path, frame: int) -> tuple[np.ndarray, SliceGeomet
     try:
         plane = np.asanyarray(img.dataobj[tuple(index)])
     except Exception as exc:  # truncated or corrupt data block
-        raise bad_input(path, "truncated", f"cannot read slice {frame}: {exc}") from None
+        raise BadInput(path, "truncated", f"cannot read slice {frame}: {exc}") from None
     return np.ascontiguousarray(apply_orientation(plane, geom.to_radiological)), geom
 
 
