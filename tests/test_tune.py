@@ -1,0 +1,100 @@
+"""Stage tune: resumable Optuna studies, concurrent workers on one SQLite study, params used by train."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ichkit.features import ensure_features
+from ichkit.train import load_fold_model, train_models
+from ichkit.tune import redact, storage_url, tune_model
+from synthetic_ct import config_for, make_work
+
+MODEL = "tree_radiomic"  # the fastest model to fit: the tests are about the study, not the model
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> tuple[Path, dict]:
+    wdir = tmp_path / "work"
+    slices, folds = make_work(wdir, patients_per_class=2, slices_per_patient=2, test_patients=1, k=2)
+    cfg = config_for(wdir, folds)
+    ensure_features(wdir, slices["image_id"], cfg, progress=False)
+    return wdir, cfg
+
+
+def _trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+
+
+def test_tuning_resumes_the_study_and_train_uses_the_best_params(work, capsys):
+    wdir, cfg = work
+    study, params_file = tune_model(MODEL, cfg, n_trials=3, progress=False)
+    url = storage_url(cfg)
+    assert url == f"sqlite:///{wdir.resolve() / 'optuna.db'}"
+    assert len(_trials(url, MODEL)) == 3
+    tune_model(MODEL, cfg, n_trials=2, progress=False)
+    trials = _trials(url, MODEL)
+    assert len(trials) == 5 and sorted(t.number for t in trials) == list(range(5))
+    assert "3 trials so far" in capsys.readouterr().out
+
+    saved = json.loads(params_file.read_text())
+    best = optuna.load_study(study_name=MODEL, storage=url).best_trial
+    assert saved["trial"] == best.number and saved["rsna_logloss"] == pytest.approx(best.value)
+    assert saved["params"] == best.params  # only the searched params, so config overrides still apply
+    train_models([MODEL], cfg, folds=[0], progress=False)
+    fitted = load_fold_model(wdir, MODEL, 0)
+    assert {k: fitted.params[k] for k in saved["params"]} == saved["params"]
+
+
+def test_trials_are_pruned_on_the_fold_reports(work):
+    wdir, cfg = work
+    cfg["tune"]["startup_trials"] = 1
+    cfg["tune"]["warmup_folds"] = 0
+    study, _ = tune_model(MODEL, cfg, n_trials=8, progress=False)
+    for t in study.trials:
+        assert set(t.intermediate_values) <= {0, 1}  # one report per fold (k = 2)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(sum(t.user_attrs["fold_rsna_logloss"]) / 2)
+            assert t.intermediate_values[1] == pytest.approx(t.value)
+
+
+def test_two_processes_share_one_sqlite_study(work):
+    wdir, cfg = work
+    folds = cfg["paths"]["folds"]
+    requested = (3, 4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ichkit", "tune", "--work", str(wdir), "--set", f"paths.folds={folds}",
+             "--model", MODEL, "--trials", str(n), "--seed", str(seed)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for seed, n in enumerate(requested)
+    ]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    trials = _trials(storage_url(cfg), MODEL)
+    numbers = [t.number for t in trials]
+    assert len(trials) == sum(requested)
+    assert sorted(numbers) == list(range(sum(requested)))  # every trial recorded exactly once
+    assert all(t.state.is_finished() for t in trials)
+    assert all(t.state != optuna.trial.TrialState.FAIL for t in trials)
+    assert (wdir / "params" / f"{MODEL}.json").is_file()
+
+
+def test_bad_requests_and_redaction(work, capsys):
+    wdir, cfg = work
+    from ichkit.tune import TuneError
+
+    with pytest.raises(TuneError, match="at least 1"):
+        tune_model(MODEL, cfg, n_trials=0, progress=False)
+    with pytest.raises(TuneError, match="lgbm_radiomic"):
+        tune_model("no_such_model", cfg, n_trials=1, progress=False)
+    assert redact("postgresql://ich:secret@db.example/optuna") == "postgresql://ich:***@db.example/optuna"
+    assert storage_url(cfg, "postgresql://u:p@h/db") == "postgresql://u:p@h/db"
