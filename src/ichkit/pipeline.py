@@ -43,7 +43,8 @@ def _find_or_make_data(args: argparse.Namespace, cfg: dict) -> tuple[Path, list[
     if root is not None:
         return root, []
     demo = Path(cfg["demo"]["out"])
-    return demo, ["demo-data", "--out", str(demo)]
+    # --force: a folder without demo.json is an interrupted generation; the generator removes only its own files
+    return demo, ["demo-data", "--out", str(demo), "--force"]
 
 
 def run(args: argparse.Namespace, cfg: dict) -> int:
