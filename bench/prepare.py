@@ -1,6 +1,6 @@
 """Benchmark of `prepare` against the naive per-file loop of the public RSNA kernels.
 
-    .venv/bin/python bench/prepare.py [--images 300] [--data DIR] [--repeat 1]
+    .venv/bin/python bench/prepare.py [--images 1000] [--data DIR] [--repeat 1]
 
 On the same phantom DICOMs (written with ichkit.phantom into a temp folder unless --data names an RSNA
 layout folder) it times:
@@ -154,7 +154,7 @@ def time_raw(paths: list[str], workers: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=300, help="DICOMs to time (default 300)")
+    parser.add_argument("--images", type=int, default=1000, help="DICOMs to time (default 1000)")
     parser.add_argument("--data", type=Path, default=None, help="an RSNA-layout folder (default: a phantom in the temp folder)")
     parser.add_argument("--workers", type=int, default=0, help="processes for ours and raw-per-core (0 = all cores)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all variants; the best of each is kept")

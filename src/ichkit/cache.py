@@ -24,6 +24,7 @@ KINDS = {"cls": ".npy", "hu": ".npy", "seg": ".npy", "mask": ".png"}
 class ImageCache:
     def __init__(self, work: Path | str):
         self.root = Path(work) / "cache"
+        self._made: set[Path] = set()  # shard folders known to exist: one mkdir per folder, not per write
 
     def path(self, kind: str, image_id: str) -> Path:
         if kind not in KINDS:
@@ -37,7 +38,9 @@ class ImageCache:
     def save(self, kind: str, image_id: str, array: np.ndarray) -> Path:
         """Write atomically (temp file + rename) so an interrupted run never leaves a half file."""
         p = self.path(kind, image_id)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.parent not in self._made:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(p.parent)
         tmp = p.with_name(p.name + ".tmp")
         if kind == "mask":
             from PIL import Image

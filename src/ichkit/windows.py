@@ -138,7 +138,12 @@ def hu_map(sl: SliceData, size: int, brain_window: Window = (40.0, 80.0), brain_
     the default) and everything outside the window is flattened to its ends.
     """
     if sl.pixels is not None:
-        small = resize(sl.pixels.astype(np.float32), size)
+        pixels = sl.pixels
+        # 16-bit stored values resample as they are (OpenCV area-averages 16U/16S with rounding): converting
+        # the full-size image to float first costs more than the whole resize
+        if not (pixels.dtype.kind in "iu" and pixels.dtype.itemsize == 2 and pixels.dtype.isnative):
+            pixels = pixels.astype(np.float32)
+        small = resize(pixels, size).astype(np.float32)
         hu = small * np.float32(sl.slope) + np.float32(sl.intercept)
     elif sl.windows is not None:
         center, width = brain_window
