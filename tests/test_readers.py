@@ -117,7 +117,7 @@ def test_read_polygon_csv_malformed_cell_names_file_and_line(tmp_path):
         ("ID_aaa.jpg", region_cell(square(0.1, 0.1, 0.3, 0.3)), ""),
         ("ID_bbb.jpg", "[[{'x': 0.1, 'y': 0.2}, {'x': 0.3", ""),
     ])
-    with pytest.raises(LabelFileError, match=rf"Results_x\.csv:3: Correct Label: not a list of points"):
+    with pytest.raises(LabelFileError, match=r"Results_x\.csv:3: Correct Label: not a list of points"):
         polygons.read_polygon_csv(path)
 
 

@@ -9,7 +9,7 @@ Two feature sets, each cached as ``<work>/features/<set>.parquet`` (one row per 
   pipeline on the training folds only, never here.
 - ``radiomic``: ~50 scalar measurements from the HU map (brain mask, blood histogram, hyperdense
   components and their position and shape, midline / ventricle proximity, GLCM texture). Every column is
-  documented in `RADIOMIC_DOC` (and the table in docs/classical.md); every value is finite, so every model
+  documented in `RADIOMIC_DOC` (and the table in README.md); every value is finite, so every model
   family can read them without imputation.
 
 A cached file is extended only with the ids it lacks, and recomputed from scratch when the settings (or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,32 @@ def parse_binary(value: str, path: Path, line: int) -> int:
     return int(f)
 
 
+def iter_long_rows(path: Path | str) -> Iterator[tuple[int, str, str, str]]:
+    """Rows of an RSNA long-format file (`ID,Label`, ids `ID_<sop>_<subtype>`: the label CSV and the sample
+    submission) as (line number, image id, subtype, raw value). Blank lines are skipped; a bad header, a
+    row without two fields, a malformed id or an unknown subtype raise LabelFileError naming file:line.
+    """
+    path = Path(path)
+    known = set(RSNA_LABELS)
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM from a spreadsheet export
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != ["ID", "Label"]:
+            raise LabelFileError(path, 1, f"expected header 'ID,Label', got {header!r}")
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec or all(not x.strip() for x in rec):
+                continue
+            if len(rec) != 2:
+                raise LabelFileError(path, lineno, f"expected 2 fields, got {len(rec)}: {rec!r}")
+            rid = rec[0].strip()
+            image_id, sep, subtype = rid.rpartition("_")
+            if not sep or not image_id.startswith("ID_") or image_id == "ID":
+                raise LabelFileError(path, lineno, f"id {rid!r} is not of the form ID_<sop>_<subtype>")
+            if subtype not in known:
+                raise LabelFileError(path, lineno, f"unknown subtype {subtype!r} in {rid!r}")
+            yield lineno, image_id, subtype, rec[1]
+
+
 def read_rsna_long_labels(path: Path | str) -> pd.DataFrame:
     """Read the RSNA long label CSV (`ID,Label`, rows `ID_<sop>_<subtype>`) into one row per image.
 
@@ -85,30 +112,14 @@ def read_rsna_long_labels(path: Path | str) -> pd.DataFrame:
     malformed row, an unknown subtype, a non-binary label, a duplicate row or an image missing a label.
     """
     path = Path(path)
-    known = set(RSNA_LABELS)
     rows: dict[str, dict[str, int]] = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ID", "Label"]:
-            raise LabelFileError(path, 1, f"expected header 'ID,Label', got {header!r}")
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != 2:
-                raise LabelFileError(path, lineno, f"expected 2 fields, got {len(rec)}: {rec!r}")
-            rid, value = rec[0].strip(), rec[1]
-            image_id, sep, subtype = rid.rpartition("_")
-            if not sep or not image_id.startswith("ID_") or image_id == "ID":
-                raise LabelFileError(path, lineno, f"id {rid!r} is not of the form ID_<sop>_<subtype>")
-            if subtype not in known:
-                raise LabelFileError(path, lineno, f"unknown subtype {subtype!r} in {rid!r}")
-            labels = rows.setdefault(image_id, {})
-            if subtype in labels:
-                raise LabelFileError(path, lineno, f"duplicate row for {rid!r}")
-            labels[subtype] = parse_binary(value, path, lineno)
+    for lineno, image_id, subtype, value in iter_long_rows(path):
+        labels = rows.setdefault(image_id, {})
+        if subtype in labels:
+            raise LabelFileError(path, lineno, f"duplicate row for {image_id}_{subtype}")
+        labels[subtype] = parse_binary(value, path, lineno)
     for image_id, labels in rows.items():
-        missing = known - labels.keys()
+        missing = set(RSNA_LABELS) - labels.keys()
         if missing:
             raise LabelFileError(path, None, f"image {image_id} lacks labels {sorted(missing)}")
     df = pd.DataFrame.from_dict(rows, orient="index", columns=list(RSNA_LABELS)).astype("int8")

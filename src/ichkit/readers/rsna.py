@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from ichkit.labels import RSNA_LABELS, LabelFileError, read_rsna_long_labels
+from ichkit.labels import RSNA_LABELS, iter_long_rows, read_rsna_long_labels
 from ichkit.readers.common import examples, index_by_image_id, iter_files, log, with_label7
 from ichkit.readers.polygons import RESULTS_GLOB, keep_known_images, read_polygon_files
 from ichkit.table import Dataset, conform
@@ -70,24 +70,7 @@ def _latest_stage(paths: list[Path], kind: str) -> Path | None:
 
 def read_submission_ids(path: Path) -> list[str]:
     """Image ids of a sample submission (`ID_<sop>_<subtype>,Label` rows), in file order, once each."""
-    ids: dict[str, None] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != LONG_HEADER:
-            raise LabelFileError(path, 1, f"expected header 'ID,Label', got {header!r}")
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != 2:
-                raise LabelFileError(path, lineno, f"expected 2 fields, got {len(rec)}: {rec!r}")
-            image_id, sep, subtype = rec[0].strip().rpartition("_")
-            if not sep or not image_id.startswith("ID_") or image_id == "ID":
-                raise LabelFileError(path, lineno, f"id {rec[0]!r} is not of the form ID_<sop>_<subtype>")
-            if subtype not in RSNA_LABELS:
-                raise LabelFileError(path, lineno, f"unknown subtype {subtype!r} in {rec[0]!r}")
-            ids[image_id] = None
-    return list(ids)
+    return list(dict.fromkeys(image_id for _, image_id, _, _ in iter_long_rows(path)))
 
 
 def _default_folder(found: list[str], root: Path, folder_glob: str) -> PurePosixPath:
