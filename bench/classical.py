@@ -28,20 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from ichkit.config import load_config  # noqa: E402
+from ichkit.phantom import cached_dataset  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "classical.json"
-
-
-def demo_dataset(patients: int, seed: int, test_fraction: float) -> Path:
-    """The phantom demo with `patients` patients in the temp folder, written once and reused."""
-    from ichkit.phantom import generate_dataset
-
-    out = Path(tempfile.gettempdir()) / "ichkit-bench" / f"demo-{patients}p-seed{seed}"
-    if not (out / "demo.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        print(f"writing {patients} phantom patients to {out}", flush=True)
-        generate_dataset(out, patients=patients, seed=seed, test_fraction=test_fraction, workers=0, progress=True)
-    return out
 
 
 def peak_rss_mb() -> float:
@@ -72,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config()
     patients = args.patients or int(cfg["demo"]["patients"])
-    root = demo_dataset(patients, int(cfg["demo"]["seed"]), float(cfg["demo"]["test_fraction"]))
+    root = cached_dataset(patients, int(cfg["demo"]["seed"]), float(cfg["demo"]["test_fraction"]))
     tmp = None
     if args.keep is None:
         tmp = tempfile.TemporaryDirectory(prefix="ichkit-bench-classical-")

@@ -41,17 +41,12 @@ SLICES_PER_PATIENT = 30  # roughly what the phantom writes; only used to size th
 
 
 def phantom_dataset(images: int) -> Path:
-    """An RSNA-layout phantom folder (no corrupt files) with at least `images` DICOMs, written once, reused."""
-    from ichkit.phantom import generate_dataset
+    """A phantom folder (no corrupt files) with at least `images` DICOMs, written once and reused."""
+    from ichkit.phantom import cached_dataset
 
     patients = max(2, math.ceil(images / SLICES_PER_PATIENT))
     while True:
-        out = Path(tempfile.gettempdir()) / "ichkit-bench" / f"phantom-{patients}p"
-        if (out / "demo.json").is_file() and len(list(out.glob("stage_2_*/*.dcm"))) >= images:
-            return out
-        shutil.rmtree(out, ignore_errors=True)
-        print(f"writing {patients} phantom patients to {out}", flush=True)
-        generate_dataset(out, patients=patients, seed=7, corrupt=0, workers=0, progress=True)
+        out = cached_dataset(patients, seed=7, corrupt=0)
         if len(list(out.glob("stage_2_*/*.dcm"))) >= images:
             return out
         patients *= 2

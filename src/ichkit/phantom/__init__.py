@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["generate_dataset"]
+__all__ = ["cached_dataset", "generate_dataset"]
 
 
 def __getattr__(name: str) -> Any:
     # imported on first use so that `ichkit --help` does not load numpy, scipy, skimage and pydicom
-    if name == "generate_dataset":
-        from ichkit.phantom.dataset import generate_dataset
+    if name in __all__:
+        from ichkit.phantom import dataset
 
-        return generate_dataset
+        return getattr(dataset, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -389,3 +389,28 @@ def _summary(seed: int, patients: int, test_fraction: float, slices: list[SliceR
         "workers": workers,
         "seconds": round(seconds, 2),
     }
+
+
+def cached_dataset(patients: int, seed: int, test_fraction: float = 0.2, corrupt: int = 2,
+                   parent: Path | None = None) -> Path:
+    """A phantom dataset written once under `parent` (default: the temp folder) and reused by later calls.
+
+    The folder name carries the arguments and a hash of the generator's own source, so a change to the
+    phantom code gets a fresh dataset instead of silently reusing one drawn by the old code. Benchmarks
+    use this to time several runs on the same files.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    code = hashlib.sha256()
+    for src in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(src.read_bytes())
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir()) / "ichkit-phantoms"
+    out = parent / f"{patients}p-seed{seed}-test{test_fraction:g}-corrupt{corrupt}-{code.hexdigest()[:10]}"
+    if not (out / SUMMARY).is_file():  # demo.json is written last: without it the folder is incomplete
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"writing {patients} phantom patients to {out}", flush=True)
+        generate_dataset(out, patients=patients, seed=seed, test_fraction=test_fraction, corrupt=corrupt,
+                         workers=0, progress=True)
+    return out
