@@ -64,22 +64,67 @@ def test_trials_are_pruned_on_the_fold_reports(work):
             assert t.intermediate_values[1] == pytest.approx(t.value)
 
 
-def test_two_processes_share_one_sqlite_study(work):
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """A throwaway PostgreSQL server (initdb + pg_ctl in a temp folder, a free port), like a shared study
+    server for several tuning machines. Skipped where the PostgreSQL server binaries are not installed."""
+    import shutil
+    import socket
+    import tempfile
+
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+    # not under pytest's tmp folder: that is private to this user, and the server may run as another
+    root = Path(tempfile.mkdtemp(prefix="ichkit-pg-"))
+    data = root / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # PostgreSQL refuses to run as root: run the server as the `postgres` system user where we are root
+    as_user = ["su", "postgres", "-c"] if os.geteuid() == 0 else ["sh", "-c"]
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+
+    def sh(cmd: str) -> None:
+        subprocess.run([*as_user, cmd], check=True, capture_output=True, timeout=60)
+
+    sh(f"{initdb} -D {data} -A trust -U postgres")
+    sh(f"{pg_ctl} -D {data} -o '-p {port} -k {root} -c listen_addresses=127.0.0.1' -l {root / 'log'} -w start")
+    sh(f"psql -h 127.0.0.1 -p {port} -U postgres -c 'create database optuna'")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        sh(f"{pg_ctl} -D {data} -m immediate stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_processes_share_one_study(work, backend, request):
     wdir, cfg = work
     folds = cfg["paths"]["folds"]
+    storage = [] if backend == "sqlite" else ["--storage", request.getfixturevalue("postgres_url")]
+    url = storage_url(cfg) if backend == "sqlite" else storage[1]
     requested = (3, 4)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "ichkit", "tune", "--work", str(wdir), "--set", f"paths.folds={folds}",
-             "--model", MODEL, "--trials", str(n), "--seed", str(seed)],
+             "--model", MODEL, "--trials", str(n), "--seed", str(seed), *storage],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for seed, n in enumerate(requested)
     ]
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out
-    trials = _trials(storage_url(cfg), MODEL)
+    trials = _trials(url, MODEL)
     numbers = [t.number for t in trials]
     assert len(trials) == sum(requested)
     assert sorted(numbers) == list(range(sum(requested)))  # every trial recorded exactly once
