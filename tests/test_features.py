@@ -158,6 +158,33 @@ def test_cache_computes_only_missing_ids_and_redoes_changed_settings(small_work,
     assert meta["settings"]["clot_hu"] == [55.0, 100.0]
 
 
+def test_an_interrupted_run_keeps_the_batches_it_finished(small_work, monkeypatch):
+    work, slices, cfg = small_work
+    ids = slices["image_id"].tolist()
+    assert len(ids) >= 5
+    cfg["features"]["save_every"] = 2
+    cfg["features"]["workers"] = 1
+    real = features._compute_one
+    done: list[str] = []
+
+    def dies_on_the_fifth(work_, image_id, settings, sets):
+        if len(done) == 4:
+            raise MemoryError("killed")  # the run dies inside the third batch
+        done.append(image_id)
+        return real(work_, image_id, settings=settings, sets=sets)
+
+    monkeypatch.setattr(features, "_compute_one", dies_on_the_fifth)
+    with pytest.raises(MemoryError):
+        ensure_features(work, ids, cfg, progress=False)
+    stored = pd.read_parquet(work / "features" / "radiomic.parquet")
+    assert sorted(stored["image_id"]) == sorted(ids[:4])  # two saved batches of two
+
+    monkeypatch.setattr(features, "_compute_one", real)  # the machine is back
+    calls = _count_computations(monkeypatch)
+    ensure_features(work, ids, cfg, progress=False)
+    assert sorted(c.split(":")[0] for c in calls) == sorted(ids[4:])  # only what was still missing
+
+
 def test_load_features_concatenates_sets_as_float32(small_work):
     work, slices, cfg = small_work
     ids = slices["image_id"].tolist()

@@ -559,10 +559,14 @@ def ensure_features(work: Path | str, image_ids: Iterable[str], cfg: dict[str, A
     cached = {s: _read_cached(work, s, _fingerprint(settings.for_set(s))) for s in sets}
     missing = {s: ids.difference(cached[s].index) if cached[s] is not None else ids for s in sets}
     todo = ids[ids.isin(set().union(*(set(m) for m in missing.values())))]
-    if len(todo):
-        chunksize = int(cfg.get("features", {}).get("chunksize", 8))
-        need = tuple(s for s in sets if len(missing[s]))
-        new = _compute(work, list(todo), settings, need, _workers(cfg), chunksize, progress)
+    chunksize = int(cfg.get("features", {}).get("chunksize", 8))
+    # computed in batches, each saved before the next starts: an interrupted run on a large dataset keeps
+    # what it finished (the next call computes only what is still missing)
+    batch = max(1, int(cfg.get("features", {}).get("save_every", 5000)))
+    for start in range(0, len(todo), batch):
+        part = todo[start:start + batch]
+        need = tuple(s for s in sets if missing[s].isin(part).any())
+        new = _compute(work, list(part), settings, need, _workers(cfg), chunksize, progress)
         for s in need:
             fresh = new[s].loc[new[s].index.isin(missing[s])]
             cached[s] = fresh if cached[s] is None else pd.concat([cached[s], fresh])
