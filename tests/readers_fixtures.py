@@ -14,6 +14,8 @@ import numpy as np
 
 from ichkit.labels import RSNA_LABELS
 
+from ct_files import write_ct
+
 RESULTS_HEADER = ["Origin", "Case ID", "Labeling State", "Correct Label", "Majority Label", "Agreement"]
 
 
@@ -45,31 +47,8 @@ def write_results_csv(path: Path, rows: Sequence[tuple[str, str, str]]) -> Path:
 # --- RSNA -------------------------------------------------------------------------------------------------
 
 def write_dicom(path: Path, pixels: np.ndarray, z: float = 0.0, patient: str = "ID_patient0") -> Path:
-    """A minimal but complete CT DICOM file (explicit VR little endian, signed 16-bit)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    sop = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
-    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient, generate_uid(), generate_uid()
-    ds.ImagePositionPatient = [-125.0, -125.0, z]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.SliceThickness = 5.0
-    ds.InstanceNumber = 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = pixels.astype("<i2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A complete CT DICOM file (explicit VR little endian, signed 16-bit, intercept -1024)."""
+    return write_ct(path, pixels.astype(np.int16), position=(-125.0, -125.0, z), patient=patient)
 
 
 def write_rsna_labels(path: Path, labels: dict[str, dict[str, int]]) -> Path:

@@ -10,7 +10,7 @@ import pandas as pd
 import pydicom
 import pytest
 from pydicom.uid import MPEG2MPML, RLELossless
-from test_dicom import head_pixels, write_ct
+from ct_files import head_pixels, write_ct
 
 from ichkit import prepare as prepare_mod
 from ichkit.cache import ImageCache
