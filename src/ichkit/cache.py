@@ -53,7 +53,7 @@ class ImageCache:
         tmp.replace(p)
         return p
 
-    def load(self, kind: str, image_id: str, mmap: bool = False) -> np.ndarray:
+    def load(self, kind: str, image_id: str) -> np.ndarray:
         p = self.path(kind, image_id)
         if not p.is_file():
             raise FileNotFoundError(f"{p} not in cache: run `ichkit prepare`")
@@ -61,7 +61,7 @@ class ImageCache:
             from PIL import Image
 
             return (np.asarray(Image.open(p)) > 0).astype(np.uint8)
-        return np.load(p, mmap_mode="r" if mmap else None)
+        return np.load(p)
 
     @property
     def manifest_path(self) -> Path:

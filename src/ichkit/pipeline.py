@@ -7,6 +7,7 @@ model, all folds) -> evaluate. Each stage skips work that is already done, so a 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _find_or_make_data(args: argparse.Namespace, cfg: dict) -> tuple[Path, list[
     if args.data is not None:
         root = find_dataset(args.data)
         if root is None:
-            raise SystemExit(f"error: --data {args.data}: no dataset found there (see README: input layouts)")
+            raise ValueError(f"--data {args.data}: no dataset found there (see the README's input layouts)")
         return root, []
     input_dir = Path(cfg["paths"]["input"])
     root = find_dataset(input_dir) if input_dir.is_dir() else None
@@ -51,7 +52,11 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
     from ichkit.cli import main as cli_main
 
     common = _common(args)
-    root, demo_call = _find_or_make_data(args, cfg)
+    try:
+        root, demo_call = _find_or_make_data(args, cfg)
+    except ValueError as exc:  # several datasets under the input folder: the user must pick one
+        print(f"ichkit all: error: {exc}", file=sys.stderr)
+        return 2
     stages: list[list[str]] = []
     if demo_call and not (root / "demo.json").is_file():
         stages.append(demo_call)
