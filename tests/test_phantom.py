@@ -24,9 +24,10 @@ from ichkit.labels import CLASSES7, SUBTYPES, read_rsna_long_labels, read_wide_l
 from ichkit.phantom import generate_dataset
 from ichkit.phantom.anatomy import HeadAnatomy, Tissue
 from ichkit.phantom.hemorrhage import sample_bleed
-from ichkit.phantom.label_files import mask_polygons
+from ichkit.phantom.label_files import format_points, mask_polygons, normalise
 from ichkit.phantom.scanner import Acquisition
 from ichkit.phantom.study import render_slice
+from ichkit.readers.polygons import parse_points, rasterize
 
 SEED = 11
 PATIENTS = 5  # with one follow-up: 6 studies, enough for every pixel encoding to appear once
@@ -77,15 +78,6 @@ def fov_mask(shape: tuple[int, int], radius: float) -> np.ndarray:
 def polygon_rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def rasterise(points_text: str, shape=(512, 512)) -> np.ndarray:
-    points = ast.literal_eval(points_text)
-    rows = [p["y"] * shape[0] for p in points]
-    cols = [p["x"] * shape[1] for p in points]
-    mask = np.zeros(shape, dtype=bool)
-    mask[fill_polygon(rows, cols, shape)] = True
-    return mask
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -221,11 +213,11 @@ def test_bleed_polygons_outline_hyperdense_blood(demo):
     for row in polygon_rows(root / "Results_demo.csv"):
         text = row["Correct Label"] or row["Majority Label"]
         if text:
-            regions[row["Origin"][: -len(".jpg")]].append(rasterise(text))
+            regions[row["Origin"][: -len(".jpg")]] += parse_points(text)
     assert regions
     medians = []
-    for image_id, masks in regions.items():
-        mask = np.logical_or.reduce(masks)
+    for image_id, polygons in regions.items():
+        mask = rasterize(polygons, 512, 512).astype(bool)  # as prepare reads the polygons
         if mask.sum() < 40:
             continue
         inside = to_hu(read(root / "stage_2_train" / f"{image_id}.dcm"))[mask]
@@ -385,6 +377,16 @@ def test_mask_polygons_outline_each_region():
         redrawn[fill_polygon(poly[:, 0], poly[:, 1], mask.shape)] = True
     iou = (redrawn & filled).sum() / (redrawn | filled).sum()
     assert iou > 0.85
+
+
+def test_polygon_text_reads_back_onto_the_same_pixels():
+    """Outline -> normalised text -> the reader's rasteriser lands on the mask's pixels, not half a pixel off."""
+    rr, cc = np.ogrid[:512, :512]
+    mask = ((rr - 200) / 30.0) ** 2 + ((cc - 301) / 18.0) ** 2 < 1
+    text = [format_points(normalise(p, mask.shape)) for p in mask_polygons(mask)]
+    redrawn = rasterize([region for t in text for region in parse_points(t)], 512, 512).astype(bool)
+    assert (redrawn & mask).sum() / (redrawn | mask).sum() > 0.95
+    np.testing.assert_allclose(ndimage.center_of_mass(redrawn), ndimage.center_of_mass(mask), atol=0.05)
 
 
 # ------------------------------------------------------------------------------------------- runs

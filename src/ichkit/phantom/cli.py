@@ -30,9 +30,6 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
         return flag if flag is not None else demo.get(key, default)
 
     out = Path(pick(args.out, "out", "input/demo"))
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out} exists and is not a folder", file=sys.stderr)
-        return 2
     if out.is_dir() and any(out.iterdir()):
         if not args.force:
             print(f"error: {out} is not empty; pass --force to replace the dataset in it", file=sys.stderr)

@@ -240,7 +240,8 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
                      workers: int = 0, progress: bool = True) -> dict:
     """Write the phantom dataset under `out` and return its summary (also saved as `out/demo.json`).
 
-    Raises ValueError on bad arguments and FileExistsError if `out` already holds any of its outputs.
+    Raises ValueError on bad arguments, NotADirectoryError if `out` is a file and FileExistsError if `out`
+    already holds any of its outputs.
     `workers` = 0 uses every core.
     """
     started = time.perf_counter()

@@ -6,7 +6,8 @@
 - `stage_2_sample_submission.csv`: the long layout with every label 0.5.
 - `Results_*.csv` (polygons): `Origin` (`ID_<sop>.jpg`), `Correct Label`, `Majority Label`,
   `Labeling State`, `Number of ROIs`; one row per connected region, its outline a single-quoted list
-  `[{'x': 0.31, 'y': 0.45}, ...]` with x = column / width and y = row / height.
+  `[{'x': 0.31, 'y': 0.45}, ...]`, x and y continuous fractions of width and height: pixel column i spans
+  [i, i + 1) / width, as `ichkit.readers.polygons.rasterize` reads them.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def mask_polygons(mask: np.ndarray, tolerance: float = POLYGON_TOLERANCE) -> lis
 
 
 def normalise(polygon_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(row, col) pixel vertices -> (x, y) in [0, 1] of width and height."""
+    """(row, col) vertices in pixel indices (pixel centres at integers, as `mask_polygons` gives them) ->
+    (x, y) in [0, 1] of width and height, where pixel i spans [i, i + 1): the centre of pixel i is at
+    (i + 0.5) / size, the convention `ichkit.readers.polygons.rasterize` reads back."""
     rows, cols = shape
-    return np.column_stack([polygon_rc[:, 1] / cols, polygon_rc[:, 0] / rows])
+    return np.column_stack([(polygon_rc[:, 1] + 0.5) / cols, (polygon_rc[:, 0] + 0.5) / rows])
 
 
 def format_points(points_xy: np.ndarray) -> str:

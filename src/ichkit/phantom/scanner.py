@@ -117,10 +117,6 @@ class Acquisition:
         return np.array([0.0, math.cos(t), -math.sin(t)])
 
     @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.row_direction, self.column_direction)
-
-    @property
     def image_orientation(self) -> list[float]:
         return [float(x) for x in np.concatenate([self.row_direction, self.column_direction])]
 
