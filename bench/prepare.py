@@ -1,6 +1,6 @@
 """Benchmark of `prepare` against the naive per-file loop of the public RSNA kernels.
 
-    .venv/bin/python bench/prepare.py [--images 1000] [--data DIR] [--repeat 1]
+    .venv/bin/python bench/prepare.py [--images 1000] [--data DIR] [--workers 0] [--repeat 3]
 
 On the same phantom DICOMs (written with ichkit.phantom into a temp folder unless --data names an RSNA
 layout folder) it times:

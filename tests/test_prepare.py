@@ -195,6 +195,32 @@ def test_interrupted_run_resumes_from_the_manifest_log(dataset, tmp_path, monkey
     assert not (work / "cache" / "manifest.jsonl").exists()
 
 
+def test_a_cached_id_quarantined_by_a_stopped_run_is_counted_once(dataset, tmp_path, monkeypatch):
+    # ID_05ok is cached, then loses a cache file and its DICOM breaks; the run that quarantines it stops
+    # before folding the log into the parquet, which still lists the id as prepared
+    work, cfg = tmp_path / "work", small_cfg(chunksize=100)
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    cache = ImageCache(work)
+    cache.path("hu", "ID_05ok").unlink()
+    (dataset.root / "stage_2_train" / "ID_05ok.dcm").write_bytes(b"not a DICOM file any more\n" * 20)
+    real_append = prepare_mod._Records.append
+
+    def append_then_die(self, ok, bad):
+        real_append(self, ok, bad)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_mod._Records, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    monkeypatch.setattr(prepare_mod._Records, "append", real_append)
+
+    summary = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert summary["in_cache"] == N_OK - 1 and summary["quarantined"] == len(BAD) + 1
+    assert summary["in_cache"] + summary["quarantined"] == summary["images_in"]
+    assert "ID_05ok" not in set(pd.read_parquet(cache.manifest_path)["image_id"])
+    assert read_table(work).slices.set_index("image_id").loc["ID_05ok", "status"] == "quarantined"
+
+
 def test_changed_settings_need_force_which_rebuilds(dataset, tmp_path):
     work = tmp_path / "work"
     prepare_dataset(dataset, work, small_cfg(), workers=1, progress=False)

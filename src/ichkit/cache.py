@@ -8,7 +8,8 @@ grows to hundreds of thousands of entries):
 - ``seg/<xx>/<id>.npy``  uint8 (seg_size, seg_size, 3): windows at segmentation size
 - ``mask/<xx>/<id>.png`` uint8 (seg_size, seg_size) 0/255 ground-truth mask, only where a mask exists
 - ``manifest.parquet``   one row per image prepared (status ok), see prepare.MANIFEST_COLUMNS
-- ``quarantine.csv``     image_id, path, reason for every input that could not be prepared
+- ``manifest.jsonl``     the same rows appended per chunk while `prepare` runs, folded into the parquet at its end
+- ``quarantine.csv``     image_id, path, reason, detail for every input that could not be prepared
 - ``cache.json``         the prepare settings the cache was built with (windows, sizes)
 """
 
@@ -68,5 +69,13 @@ class ImageCache:
         return self.root / "manifest.parquet"
 
     @property
+    def manifest_log_path(self) -> Path:
+        return self.root / "manifest.jsonl"
+
+    @property
     def quarantine_path(self) -> Path:
         return self.root / "quarantine.csv"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "cache.json"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ichkit.cache import ImageCache
+from ichkit.cache import KINDS, ImageCache
 from ichkit.slicedata import BadInput
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that `ichkit --help` stays fast
@@ -62,7 +62,6 @@ QUARANTINE_COLUMNS = ["image_id", "path", "reason", "detail"]
 META_COLUMNS = ("patient_id", "study_id", "series_id", "z", "instance_number", "pixel_spacing", "slice_thickness")
 SEG_CACHE_CHOICES = ("all", "masked_and_test", "none")
 CACHE_FORMAT = 1
-
 
 
 class PrepareError(ValueError):
@@ -218,7 +217,7 @@ class _Records:
 
     def __init__(self, cache: ImageCache):
         self.cache = cache
-        self.jsonl = cache.root / "manifest.jsonl"
+        self.jsonl = cache.manifest_log_path
 
     def load_manifest(self) -> pd.DataFrame:
         import pandas as pd
@@ -236,8 +235,8 @@ class _Records:
             if lines:
                 frames.append(pd.DataFrame(lines))
         if not frames:
-            return _conform(pd.DataFrame(columns=list(MANIFEST_COLUMNS)), MANIFEST_COLUMNS)
-        df = pd.concat([_conform(f, MANIFEST_COLUMNS) for f in frames], ignore_index=True)
+            return _conform_manifest(pd.DataFrame(columns=list(MANIFEST_COLUMNS)))
+        df = pd.concat([_conform_manifest(f) for f in frames], ignore_index=True)
         return df.drop_duplicates("image_id", keep="last").reset_index(drop=True)
 
     def load_quarantine(self) -> pd.DataFrame:
@@ -263,7 +262,7 @@ class _Records:
     def consolidate(self, manifest: pd.DataFrame, quarantine: pd.DataFrame) -> None:
         """Write the final parquet + csv (atomically) and drop the append log."""
         tmp = self.cache.manifest_path.with_name("manifest.parquet.tmp")
-        _conform(manifest, MANIFEST_COLUMNS).to_parquet(tmp, index=False)
+        _conform_manifest(manifest).to_parquet(tmp, index=False)
         tmp.replace(self.cache.manifest_path)
         tmp = self.cache.quarantine_path.with_name("quarantine.csv.tmp")
         quarantine[QUARANTINE_COLUMNS].to_csv(tmp, index=False)
@@ -271,19 +270,13 @@ class _Records:
         self.jsonl.unlink(missing_ok=True)
 
 
-def _conform(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    """The manifest's own schema (table.conform is the slice table's)."""
-    import pandas as pd
+def _conform_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """`table.conform` to MANIFEST_COLUMNS, with "" (not <NA>) where a file says nothing in a text column."""
+    from ichkit.table import conform
 
-    out = pd.DataFrame(index=df.index)
-    for col, dtype in columns.items():
-        if col in df.columns:
-            values = df[col]
-        else:
-            values = pd.Series({"bool": False, "string": ""}.get(dtype, np.nan), index=df.index)
-        if dtype == "string":
-            values = values.fillna("")
-        out[col] = values.astype(dtype)
+    out = conform(df, MANIFEST_COLUMNS)
+    text = [col for col, dtype in MANIFEST_COLUMNS.items() if dtype == "string"]
+    out[text] = out[text].fillna("")
     return out
 
 
@@ -305,6 +298,7 @@ def prepare_dataset(
     import pandas as pd
     from tqdm import tqdm
 
+    from ichkit.readers.polygons import polygons_by_image
     from ichkit.table import Dataset, conform, write_table
 
     work = Path(work)
@@ -320,9 +314,14 @@ def prepare_dataset(
     manifest = records.load_manifest()
     quarantine = records.load_quarantine()
     done = _complete_ids(manifest, cache)
-    already_quarantined = set(quarantine["image_id"]) - done
+    # an id can be in both (a run stopped after quarantining an id the manifest still listed): complete
+    # cached files win, else the quarantine, so that every id is counted in exactly one of them
+    quarantine = quarantine[~quarantine["image_id"].isin(done)]
+    already_quarantined = set(quarantine["image_id"])
+    manifest = manifest[~manifest["image_id"].isin(already_quarantined)]
     todo = slices[~ids.isin(done | already_quarantined)]
-    polygons = _polygons_by_id(ds.polygons, set(todo.loc[todo["has_mask"], "image_id"]))
+    masked = ds.polygons["image_id"].isin(set(todo.loc[todo["has_mask"], "image_id"]))
+    polygons = polygons_by_image(ds.polygons[masked])
 
     chunksize = max(1, int(cfg.get("prepare", {}).get("chunksize", 16)))
     chunks = [todo.iloc[i : i + chunksize] for i in range(0, len(todo), chunksize)]
@@ -344,7 +343,7 @@ def prepare_dataset(
     ok_ids = {r["image_id"] for r in ok_now}
     bad_ids = {r["image_id"] for r in quarantined_now}
     if ok_now:
-        manifest = pd.concat([manifest, _conform(pd.DataFrame(ok_now), MANIFEST_COLUMNS)], ignore_index=True)
+        manifest = pd.concat([manifest, _conform_manifest(pd.DataFrame(ok_now))], ignore_index=True)
     manifest = manifest[~manifest["image_id"].isin(bad_ids)].drop_duplicates("image_id", keep="last")
     if quarantined_now:
         quarantine = pd.concat([quarantine, pd.DataFrame(quarantined_now, dtype="string")], ignore_index=True)
@@ -398,10 +397,9 @@ def _check_work_folder(work: Path, root: Path) -> None:
 
 
 def _check_or_reset_cache(cache: ImageCache, settings: Settings, force: bool) -> None:
-    settings_path = cache.root / "cache.json"
     wanted = settings.to_json()
-    if settings_path.is_file() and not force:
-        recorded = json.loads(settings_path.read_text())
+    if cache.settings_path.is_file() and not force:
+        recorded = json.loads(cache.settings_path.read_text())
         if recorded != wanted:
             changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
             details = "; ".join(f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
@@ -409,12 +407,12 @@ def _check_or_reset_cache(cache: ImageCache, settings: Settings, force: bool) ->
                 f"{cache.root} was built with other settings ({details}); pass --force to rebuild it"
             )
     if force and cache.root.exists():
-        for kind in ("cls", "hu", "seg", "mask"):
+        for kind in KINDS:
             shutil.rmtree(cache.root / kind, ignore_errors=True)
-        for name in ("manifest.parquet", "manifest.jsonl", "quarantine.csv", "cache.json"):
-            (cache.root / name).unlink(missing_ok=True)
+        for path in (cache.manifest_path, cache.manifest_log_path, cache.quarantine_path, cache.settings_path):
+            path.unlink(missing_ok=True)
     cache.root.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(wanted, indent=2))
+    cache.settings_path.write_text(json.dumps(wanted, indent=2))
 
 
 def _complete_ids(manifest: pd.DataFrame, cache: ImageCache) -> set[str]:
@@ -425,16 +423,6 @@ def _complete_ids(manifest: pd.DataFrame, cache: ImageCache) -> set[str]:
         if all(cache.has(kind, image_id) for kind in kinds):
             done.add(image_id)
     return done
-
-
-def _polygons_by_id(polygons: pd.DataFrame, wanted: set[str]) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {}
-    if not wanted or polygons is None or polygons.empty:
-        return out
-    for image_id, points in zip(polygons["image_id"], polygons["points"]):
-        if image_id in wanted:
-            out.setdefault(image_id, []).append(np.asarray(json.loads(points), dtype=np.float64).reshape(-1, 2))
-    return out
 
 
 def _worker_count(workers: int | None, cfg: dict, n_chunks: int) -> int:

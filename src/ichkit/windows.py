@@ -118,15 +118,18 @@ def apply_windows(sl: SliceData, windows: Sequence[Window]) -> np.ndarray:
     return np.stack([window_hu(hu, c, w) for c, w in windows], axis=-1)
 
 
-def resize(img: np.ndarray, size: int, mask: bool = False) -> np.ndarray:
-    """Resize to size x size: area averaging for images (no aliasing when shrinking), nearest for masks."""
+def resize(img: np.ndarray, size: int | tuple[int, int], mask: bool = False) -> np.ndarray:
+    """Resize to size x size (or to (height, width)): area averaging for images (no aliasing when
+    shrinking); for masks the nearest pixel centre (INTER_NEAREST_EXACT: plain INTER_NEAREST samples each
+    block's first pixel, which shifts the mask by up to half a pixel)."""
     import cv2
 
-    if img.shape[0] == size and img.shape[1] == size:
+    height, width = (size, size) if np.isscalar(size) else size
+    if img.shape[:2] == (height, width):
         return img
     if mask:
-        return cv2.resize(img.astype(np.uint8, copy=False), (size, size), interpolation=cv2.INTER_NEAREST)
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        return cv2.resize(img.astype(np.uint8, copy=False), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def hu_map(sl: SliceData, size: int, brain_window: Window = (40.0, 80.0), brain_channel: int = 0) -> np.ndarray:

@@ -91,15 +91,10 @@ def load_mask(row: pd.Series, root: Path, polygons: list[np.ndarray], height: in
     """The ground-truth mask of a row as uint8 0/1 (height, width): the union of its polygons if it has
     any, else its NIfTI mask slice resized by nearest neighbour, else None."""
     from ichkit.readers.polygons import rasterize
+    from ichkit.windows import resize
 
     if polygons:
         return rasterize(polygons, height, width)
     if cell_text(row, "mask_path"):
-        import cv2
-
-        mask = nifti.load_nifti_mask(row, root)
-        if mask.shape != (height, width):
-            # INTER_NEAREST_EXACT samples pixel centres; plain INTER_NEAREST shifts by half a pixel
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
-        return mask
+        return resize(nifti.load_nifti_mask(row, root), (height, width), mask=True)
     return None

@@ -34,6 +34,12 @@ def iter_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def csv_header(path: Path) -> list[str]:
+    """The stripped column names of a CSV file ([] for an empty file); a BOM is dropped."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return [h.strip() for h in next(csv.reader(fh), [])]
+
+
 def relative(path: Path, root: Path) -> str:
     """`path` relative to the data root, with forward slashes (the table is shared across machines)."""
     return path.relative_to(root).as_posix()

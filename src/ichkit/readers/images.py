@@ -32,7 +32,8 @@ import pandas as pd
 
 from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id, read_wide_labels
 from ichkit.readers import renders
-from ichkit.readers.common import assign_patients, cell_text, examples, index_by_image_id, iter_files, log, with_label7
+from ichkit.readers.common import (assign_patients, cell_text, csv_header, examples, index_by_image_id, iter_files,
+                                   log, with_label7)
 from ichkit.slicedata import BadInput, SliceData
 from ichkit.table import Dataset, conform
 
@@ -44,14 +45,9 @@ CLASS_COLUMNS: tuple[str, ...] = ("label", "label7")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return [h.strip() for h in next(csv.reader(fh), [])]
-
-
 def label_csv_kind(path: Path) -> tuple[str, str] | None:
     """(id column, "rsna" | "class") if `path` is a labels CSV of this layout, else None."""
-    header = _header(path)
+    header = csv_header(path)
     id_column = next((c for c in ID_COLUMNS if c in header), None)
     if id_column is None:
         return None
@@ -76,7 +72,7 @@ def looks_like_images(root: Path) -> bool:
 
 def read_class_labels(path: Path, id_column: str) -> pd.DataFrame:
     """A CSV with an id column and a 7-class `label` -> image_id, RSNA_LABELS (Int8), label7."""
-    header = _header(path)
+    header = csv_header(path)
     class_column = next(c for c in CLASS_COLUMNS if c in header)
     i_id, i_class = header.index(id_column), header.index(class_column)
     rows: dict[str, str] = {}
@@ -193,12 +189,12 @@ def _grey(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _load_render(row: pd.Series, root: Path, channels: Sequence[str]) -> SliceData:
-    files = renders.channel_files(cell_text(row, "path"), cell_text(row, "extra_paths") or "{}")
+    path = cell_text(row, "path")
+    files = renders.channel_files(path, cell_text(row, "extra_paths"))
     unknown = [c for c in channels if c not in files]
     if unknown:
         raise ValueError(f"the renders layout has windows for channels {', '.join(renders.RENDER_CHANNELS)}; "
                          f"cannot supply {', '.join(unknown)} (check prepare.windows)")
-    path = cell_text(row, "path")
     brain, notes = _grey(root / path)
     planes = []
     for channel in channels:

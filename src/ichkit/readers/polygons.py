@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ichkit.labels import LabelFileError, normalize_image_id
+from ichkit.readers.common import examples
 from ichkit.table import POLYGON_COLUMNS, conform, empty_frame
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def keep_known_images(polygons: pd.DataFrame, image_ids: Iterable[str], where: s
     if not known.all():
         stray = polygons.loc[~known, "image_id"].unique()
         log.warning("%s: %d polygons belong to %d images that are not in the dataset (e.g. %s); ignored",
-                    where, int((~known).sum()), len(stray), ", ".join(map(str, stray[:3])))
+                    where, int((~known).sum()), len(stray), examples(stray))
     return polygons.loc[known].reset_index(drop=True)
 
 

@@ -14,7 +14,6 @@ as "file not found" instead of it vanishing; DICOMs that no CSV mentions are rep
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -22,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from ichkit.labels import RSNA_LABELS, iter_long_rows, read_rsna_long_labels
-from ichkit.readers.common import examples, index_by_image_id, iter_files, log, with_label7
+from ichkit.readers.common import csv_header, examples, index_by_image_id, iter_files, log, with_label7
 from ichkit.readers.polygons import RESULTS_GLOB, keep_known_images, read_polygon_files
 from ichkit.table import Dataset, conform
 
@@ -37,13 +36,7 @@ def is_sample_submission(path: Path) -> bool:
 
 def long_label_csvs(root: Path) -> list[Path]:
     """CSV files directly in `root` whose header is `ID,Label` (label files and sample submissions)."""
-    out = []
-    for path in sorted(root.glob("*.csv")):
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), [])
-        if [h.strip() for h in header] == LONG_HEADER:
-            out.append(path)
-    return out
+    return [path for path in sorted(root.glob("*.csv")) if csv_header(path) == LONG_HEADER]
 
 
 def looks_like_rsna(root: Path) -> bool:
