@@ -15,7 +15,9 @@ import pandas as pd
 
 from ichkit.cache import ImageCache
 from ichkit.labels import CLASSES7, SUBTYPES
+from ichkit.slicedata import SliceData
 from ichkit.table import Dataset, write_table
+from ichkit.windows import apply_windows
 
 SIZE = 256
 WINDOWS = {"brain": (40, 80), "subdural": (80, 200), "bone": (600, 2800)}
@@ -91,15 +93,6 @@ def head_slice(kind: str, rng: np.random.Generator) -> np.ndarray:
     return np.round(hu).astype(np.int16)
 
 
-def windows_uint8(hu: np.ndarray) -> np.ndarray:
-    """The (H, W, 3) uint8 channels `prepare` caches: brain, subdural, bone windows."""
-    out = []
-    for centre, width in WINDOWS.values():
-        lo = centre - width / 2
-        out.append(np.clip((hu.astype(np.float32) - lo) / width * 255.0, 0, 255).astype(np.uint8))
-    return np.stack(out, axis=-1)
-
-
 def subtypes_of(kind: str) -> dict[str, int]:
     if kind == "normal":
         return {s: 0 for s in SUBTYPES}
@@ -128,7 +121,8 @@ def make_work(work: Path, patients_per_class: int = 3, slices_per_patient: int =
             n += 1
             hu = head_slice(draw_kind, rng)
             cache.save("hu", image_id, hu)
-            cache.save("cls", image_id, windows_uint8(hu))
+            # the window channels exactly as prepare caches them (cls_size is 256, so no resize)
+            cache.save("cls", image_id, apply_windows(SliceData(pixels=hu), list(WINDOWS.values())))
             row = {"image_id": image_id, "split": split, "status": "ok", "patient_id": patient,
                    "study_id": f"S_{patient}", "series_id": f"SE_{patient}", "z": float(s * 5), "pixel_spacing": 0.5}
             if split == "train":

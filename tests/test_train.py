@@ -149,7 +149,7 @@ def test_bad_requests_fail_with_a_message(work, capsys):
 
 def test_balanced_resample_equalises_classes():
     y = np.array([0] * 20 + [1] * 5 + [3] * 2)
-    rows = balanced_resample(np.bincount(y), y, seed=0)
+    rows = balanced_resample(y, seed=0)
     assert set(range(len(y))) <= set(rows)  # every original row kept
     assert np.bincount(y[rows]).tolist() == [20, 20, 0, 20]
 

@@ -205,8 +205,9 @@ def any_auc(y6: np.ndarray, p6: np.ndarray) -> float:
 
 def score_predictions(y7: ClassLabels, p7: np.ndarray, y6: np.ndarray, p6: np.ndarray) -> dict[str, float]:
     """All scalar metrics, keyed and ordered as SCORE_KEYS (recall_<class> NaN for absent classes)."""
-    if len(as_class_index(y7)) != len(np.asarray(y6)):
-        raise ValueError(f"7-class truth has {len(as_class_index(y7))} rows but RSNA truth {len(np.asarray(y6))}")
+    y7 = as_class_index(y7)
+    if len(y7) != len(np.asarray(y6)):
+        raise ValueError(f"7-class truth has {len(y7)} rows but RSNA truth {len(np.asarray(y6))}")
     scores = {
         "rsna_logloss": rsna_log_loss(y6, p6),
         "accuracy": accuracy(y7, p7),

@@ -305,15 +305,22 @@ def rsna_from_class7(p7: np.ndarray, multi_share: np.ndarray) -> np.ndarray:
     return np.column_stack([any_, subtypes])
 
 
-def truth_for(frame: pd.DataFrame, slices: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(y7 class indices, y6 RSNA labels) of `frame`'s images, in its row order, from the slice table."""
+def truth_for(frame: pd.DataFrame, slices: pd.DataFrame, what: str = "predicted images",
+              remedy: str = "the predictions are stale") -> tuple[np.ndarray, np.ndarray]:
+    """(y7 class indices, y6 RSNA labels) of `frame`'s images, in its row order, from the slice table.
+
+    Images without labels in the table raise OOFError "<n> `what` have no labels in the table (e.g. <id>):
+    `remedy`".
+    """
+    from ichkit.metrics import as_class_index
+
     table = slices[["image_id", "label7", *RSNA_LABELS]].astype({"image_id": "string"})
     joined = frame[["image_id"]].astype({"image_id": "string"}).merge(table, on="image_id", how="left")
     unlabelled = joined["label7"].isna() | joined[list(RSNA_LABELS)].isna().any(axis=1)
     if unlabelled.any():
-        raise OOFError(f"{int(unlabelled.sum())} predicted images have no labels in the table "
-                       f"(e.g. {joined.loc[unlabelled, 'image_id'].iloc[0]}): the predictions are stale")
-    y7 = joined["label7"].map(CLASS7_INDEX).to_numpy(dtype=np.int64)
+        raise OOFError(f"{int(unlabelled.sum())} {what} have no labels in the table "
+                       f"(e.g. {joined.loc[unlabelled, 'image_id'].iloc[0]}): {remedy}")
+    y7 = as_class_index(joined["label7"].to_numpy())
     y6 = joined[list(RSNA_LABELS)].to_numpy(dtype=np.int64)
     return y7, y6
 

@@ -14,8 +14,9 @@ Per fold k of folds.csv:
 
 A finished fold is skipped unless ``--force``; ``--fold K`` trains one fold (so folds can run on
 different machines), and the parts are merged (`oof.merge`) as soon as every fold's part exists.
-Parameters: the model's defaults, then ``models.<name>`` from the config, then the best parameters
-`ichkit tune` saved in ``<work>/params/<name>.json`` (unless ``--no-tuned`` / ``train.use_tuned: false``).
+Parameters: the model's defaults, then ``features.pca_components`` and ``train.n_jobs`` (for models that
+have them), then ``models.<name>`` from the config, then the best parameters `ichkit tune` saved in
+``<work>/params/<name>.json`` (unless ``--no-tuned`` / ``train.use_tuned: false``); see `resolve_params`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ichkit.labels import CLASS7_INDEX, CLASSES7, RSNA_LABELS, SUBTYPES
+from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES
 
 # How the 6 RSNA probabilities are made:
 # - class7: from the 7-class probabilities as predicted (oof.rsna_from_class7)
@@ -56,7 +57,7 @@ class TrainData:
     """Training images in folds.csv order with their labels and fold, test images, their features."""
 
     X: pd.DataFrame            # index image_id, feature columns of every loaded set
-    labels: pd.DataFrame       # image_id, fold, label7, y7 (CLASSES7 index), RSNA_LABELS; aligned with X
+    labels: pd.DataFrame       # image_id, fold, y7 (CLASSES7 index), RSNA_LABELS; aligned with X
     X_test: pd.DataFrame
     folds: pd.DataFrame        # folds.csv as read
     slices: pd.DataFrame       # the slice table
@@ -81,21 +82,18 @@ def load_train_data(cfg: dict[str, Any], feature_sets: tuple[str, ...], progress
     """Read the table and folds.csv, compute / load the features of every training and test image."""
     from ichkit.features import load_features
     from ichkit.folds import folds_path, read_folds
+    from ichkit.oof import OOFError, truth_for
     from ichkit.table import read_table
 
     work = Path(cfg["paths"]["work"])
     slices = read_table(work).slices
     folds = read_folds(folds_path(cfg), slices)
-    table = slices.set_index(slices["image_id"].astype(str))
-    labels = folds[["image_id", "fold"]].copy()
-    for col in ("label7", *RSNA_LABELS):
-        labels[col] = table.loc[labels["image_id"], col].to_numpy()
-    unlabelled = labels["label7"].isna() | labels[list(RSNA_LABELS)].isna().any(axis=1)
-    if unlabelled.any():
-        raise TrainError(f"{int(unlabelled.sum())} training images of folds.csv have no labels in the table "
-                         f"(e.g. {labels.loc[unlabelled, 'image_id'].iloc[0]}): re-run `ichkit prepare`")
-    labels["y7"] = labels["label7"].astype(str).map(CLASS7_INDEX).astype(np.int64)
-    labels[list(RSNA_LABELS)] = labels[list(RSNA_LABELS)].astype(np.int64)
+    try:
+        y7, y6 = truth_for(folds, slices, what="training images of folds.csv", remedy="re-run `ichkit prepare`")
+    except OOFError as exc:
+        raise TrainError(str(exc)) from None
+    labels = folds[["image_id", "fold"]].assign(y7=y7)
+    labels[list(RSNA_LABELS)] = y6
     test_ids = slices.loc[(slices["split"] == "test") & (slices["status"] == "ok"), "image_id"].astype(str).tolist()
     all_ids = labels["image_id"].tolist() + test_ids
     X_all = load_features(work, all_ids, cfg, feature_sets, progress=progress)
@@ -108,9 +106,10 @@ def load_train_data(cfg: dict[str, Any], feature_sets: tuple[str, ...], progress
 # fitting
 
 
-def balanced_resample(n_per_class: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+def balanced_resample(y: np.ndarray, seed: int) -> np.ndarray:
     """Row indices that keep every row and oversample (with replacement) each class up to the largest."""
     rng = np.random.default_rng(seed)
+    n_per_class = np.bincount(y)
     target = int(n_per_class.max())
     picks = [np.arange(len(y))]
     for c in np.flatnonzero(n_per_class):
@@ -131,7 +130,7 @@ def fit_balanced(estimator, X: pd.DataFrame, y: np.ndarray, seed: int, class_wei
         raise TrainError(f"train.class_weight must be one of {CLASS_WEIGHTS}, got {class_weight!r}")
     if has_fit_parameter(estimator.steps[-1][1], "sample_weight"):
         return estimator.fit(X, y, clf__sample_weight=compute_sample_weight("balanced", y))
-    rows = balanced_resample(np.bincount(y), y, seed)
+    rows = balanced_resample(y, seed)
     return estimator.fit(X.iloc[rows], y[rows])
 
 
@@ -292,7 +291,10 @@ def resolve_params(spec, cfg: dict[str, Any], use_tuned: bool = True) -> tuple[d
     if tuned:
         layers.append(tuned)
         sources.append(f"tuned {params_path(work, spec.name)}")
-    return spec.params(*layers), " < ".join(sources)
+    try:
+        return spec.params(*layers), " < ".join(sources)
+    except ValueError as exc:  # an unknown key in the config or the tuned file: say where params came from
+        raise TrainError(f"{exc}; params from {' < '.join(sources)}") from None
 
 
 def model_path(work: Path | str, model: str, fold: int) -> Path:
@@ -379,9 +381,8 @@ def train_models(names: list[str], cfg: dict[str, Any], folds: list[int] | None 
     unknown = sorted(set(fold_ids) - set(data.fold_ids))
     if unknown:
         raise TrainError(f"folds {unknown} do not exist; folds.csv has {data.fold_ids}")
-    jobs = [(spec, k) for spec in specs for k in fold_ids]
     merged: dict[str, pd.DataFrame | None] = {}
-    bar = tqdm(total=len(jobs), desc="train", unit="fold", disable=not progress)
+    bar = tqdm(total=len(specs) * len(fold_ids), desc="train", unit="fold", disable=not progress)
     for spec in specs:
         params, source = resolve_params(spec, cfg, use_tuned)
         tqdm.write(f"{spec.name}: {spec.description}; params from {source}: {json.dumps(params, sort_keys=True)}")

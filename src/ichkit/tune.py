@@ -166,28 +166,22 @@ def tune_model(model: str, cfg: dict[str, Any], n_trials: int, storage: str | No
     try:
         study = open_study(study_name or model, open_storage(url), int(seed),
                            int(tune_cfg.get("startup_trials", 5)), int(tune_cfg.get("warmup_folds", 1)))
+        print(f"study {study.study_name} in {redact(url)}: {len(study.trials)} trials so far; running {n_trials} "
+              f"more (sampler seed {seed}, {len(data.fold_ids)} folds, {len(data.X)} training images)")
+        with tqdm(total=n_trials, desc=f"tune {model}", unit="trial", disable=not progress) as bar:
+
+            def report(study_, trial) -> None:
+                if trial.state == optuna.trial.TrialState.COMPLETE:
+                    what = f"rsna_logloss {trial.value:.4f}"
+                else:
+                    what = trial.state.name.lower()
+                suggested = trial.user_attrs.get("suggested", trial.params)
+                tqdm.write(f"trial {trial.number}: {what}  {json.dumps(suggested)}")
+                bar.update()
+
+            study.optimize(make_objective(spec, cfg, data, base_params), n_trials=n_trials, callbacks=[report])
     finally:
         optuna.logging.set_verbosity(previous)
-    already = len(study.trials)
-    print(f"study {study.study_name} in {redact(url)}: {already} trials so far; running {n_trials} more "
-          f"(sampler seed {seed}, {len(data.fold_ids)} folds, {len(data.X)} training images)")
-
-    bar = tqdm(total=n_trials, desc=f"tune {model}", unit="trial", disable=not progress)
-
-    def report(study_, trial) -> None:
-        if trial.state == optuna.trial.TrialState.COMPLETE:
-            what = f"rsna_logloss {trial.value:.4f}"
-        else:
-            what = trial.state.name.lower()
-        tqdm.write(f"trial {trial.number}: {what}  {json.dumps(trial.user_attrs.get('suggested', trial.params))}")
-        bar.update()
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study.optimize(make_objective(spec, cfg, data, base_params), n_trials=n_trials, callbacks=[report])
-    finally:
-        optuna.logging.set_verbosity(previous)
-        bar.close()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise TuneError(f"study {study.study_name}: no trial has completed yet (all pruned or failed)")
