@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ichkit.files import atomic_path
+
 KINDS = {"cls": ".npy", "hu": ".npy", "seg": ".npy", "mask": ".png"}
 
 
 class ImageCache:
     def __init__(self, work: Path | str):
         self.root = Path(work) / "cache"
-        self._made: set[Path] = set()  # shard folders known to exist: one mkdir per folder, not per write
 
     def path(self, kind: str, image_id: str) -> Path:
         if kind not in KINDS:
@@ -39,19 +40,13 @@ class ImageCache:
     def save(self, kind: str, image_id: str, array: np.ndarray) -> Path:
         """Write atomically (temp file + rename) so an interrupted run never leaves a half file."""
         p = self.path(kind, image_id)
-        if p.parent not in self._made:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(p.parent)
-        tmp = p.with_name(p.name + ".tmp")
-        if kind == "mask":
-            from PIL import Image
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            if kind == "mask":
+                from PIL import Image
 
-            with open(tmp, "wb") as fh:
                 Image.fromarray(np.where(array > 0, 255, 0).astype(np.uint8)).save(fh, format="PNG")
-        else:
-            with open(tmp, "wb") as fh:
+            else:
                 np.save(fh, array)
-        tmp.replace(p)
         return p
 
     def load(self, kind: str, image_id: str) -> np.ndarray:

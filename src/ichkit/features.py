@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichkit.files import atomic_path, write_text_atomic
+
 # Bump when the definition of any feature changes: cached files computed by older code are then redone.
 FEATURE_VERSION = 2
 FEATURE_SETS: tuple[str, ...] = ("pixels", "radiomic")
@@ -527,13 +529,10 @@ def _write_cached(work: Path, feature_set: str, df: pd.DataFrame, settings: dict
     # sidecar removed first and written last, both files atomically (temp + rename): an interrupted write
     # leaves no sidecar, which reads as "not cached", never as rows paired with the wrong settings
     path.with_suffix(".json").unlink(missing_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.rename_axis("image_id").reset_index().to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.rename_axis("image_id").reset_index().to_parquet(tmp, index=False)
     meta = {"fingerprint": _fingerprint(settings), "settings": settings, "n_images": len(df)}
-    meta_tmp = path.with_name(path.stem + ".json.tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=2, default=list))
-    meta_tmp.replace(path.with_suffix(".json"))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(meta, indent=2, default=list))
     return path
 
 

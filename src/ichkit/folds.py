@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ichkit.files import write_text_atomic
 from ichkit.labels import CLASSES7
 
 FOLD_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "fold")
@@ -203,18 +203,11 @@ def fold_class_counts(folds: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFrame
     return table.astype(np.int64)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_folds(folds: pd.DataFrame, path: Path, meta: dict) -> None:
     """Write folds.csv and its folds.json sidecar (`meta` plus what can be derived from `folds`)."""
     path = Path(path)
-    _atomic_write_text(path, folds[list(FOLD_COLUMNS)].to_csv(index=False))
-    _atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(path, folds[list(FOLD_COLUMNS)].to_csv(index=False))
+    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
 
 
 def read_folds(path: Path, slices: pd.DataFrame | None = None) -> pd.DataFrame:

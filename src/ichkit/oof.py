@@ -17,7 +17,6 @@ Folds can be trained on different machines: parts are self-contained, and `merge
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ichkit.files import atomic_path, write_text_atomic
 from ichkit.labels import CLASS7_INDEX, CLASSES7, RSNA_LABELS, SUBTYPES
 
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{c}" for c in CLASSES7)
@@ -140,10 +140,8 @@ def validate_predictions(frame: pd.DataFrame, what: str, fold: int | None = None
 
 
 def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def _read_parquet(path: Path, what: str) -> pd.DataFrame:
@@ -218,9 +216,7 @@ def merge(work: Path | str, model: str, folds: pd.DataFrame) -> tuple[pd.DataFra
     _write_parquet_atomic(test, test_path)
     note = {"model": model, "folds": fold_ids, "n_images": int(len(test)), "fold_value": MERGED_TEST_FOLD,
             "how": "mean over folds of the test parts"}
-    tmp = test_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(note, indent=2) + "\n")
-    os.replace(tmp, test_path.with_suffix(".json"))
+    write_text_atomic(test_path.with_suffix(".json"), json.dumps(note, indent=2) + "\n")
     return oof, test
 
 

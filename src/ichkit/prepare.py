@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ichkit.cache import KINDS, ImageCache
+from ichkit.files import atomic_path
 from ichkit.slicedata import BadInput
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that `ichkit --help` stays fast
@@ -261,12 +262,10 @@ class _Records:
 
     def consolidate(self, manifest: pd.DataFrame, quarantine: pd.DataFrame) -> None:
         """Write the final parquet + csv (atomically) and drop the append log."""
-        tmp = self.cache.manifest_path.with_name("manifest.parquet.tmp")
-        _conform_manifest(manifest).to_parquet(tmp, index=False)
-        tmp.replace(self.cache.manifest_path)
-        tmp = self.cache.quarantine_path.with_name("quarantine.csv.tmp")
-        quarantine[QUARANTINE_COLUMNS].to_csv(tmp, index=False)
-        tmp.replace(self.cache.quarantine_path)
+        with atomic_path(self.cache.manifest_path) as tmp:
+            _conform_manifest(manifest).to_parquet(tmp, index=False)
+        with atomic_path(self.cache.quarantine_path) as tmp:
+            quarantine[QUARANTINE_COLUMNS].to_csv(tmp, index=False)
         self.jsonl.unlink(missing_ok=True)
 
 

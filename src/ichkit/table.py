@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ichkit.files import atomic_path, write_text_atomic
 from ichkit.labels import RSNA_LABELS
 
 # column -> pandas dtype. Readers fill what their format knows; `prepare` fills patient/study/series/z,
@@ -93,10 +94,12 @@ def table_path(work: Path | str) -> Path:
 
 def write_table(ds: Dataset, work: Path | str) -> Path:
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    conform(ds.slices).to_parquet(table_path(work), index=False)
-    conform(ds.polygons, POLYGON_COLUMNS).to_parquet(work / "polygons.parquet", index=False)
-    (work / "table.json").write_text(json.dumps({"root": str(Path(ds.root).resolve()), "layout": ds.layout}, indent=2))
+    with atomic_path(table_path(work)) as tmp:
+        conform(ds.slices).to_parquet(tmp, index=False)
+    with atomic_path(work / "polygons.parquet") as tmp:
+        conform(ds.polygons, POLYGON_COLUMNS).to_parquet(tmp, index=False)
+    meta = {"root": str(Path(ds.root).resolve()), "layout": ds.layout}
+    write_text_atomic(work / "table.json", json.dumps(meta, indent=2))
     return table_path(work)
 
 

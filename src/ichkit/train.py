@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichkit.files import atomic_path
 from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES
 
 # How the 6 RSNA probabilities are made:
@@ -305,10 +306,8 @@ def save_fold_model(work: Path | str, model: FoldModel) -> Path:
     import joblib
 
     path = model_path(work, model.name, model.fold)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    joblib.dump(model, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        joblib.dump(model, tmp)
     return path
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ichkit.files import write_text_atomic
+
 # SQLite serialises writers with a file lock; concurrent workers wait this long for it instead of failing
 SQLITE_LOCK_TIMEOUT_S = 120
 
@@ -128,9 +130,7 @@ def write_best_params(work: Path | str, model: str, study, storage: str) -> Path
         "storage": redact(storage),
         "n_trials": len(study.trials),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(saved, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(saved, indent=2) + "\n")
     return path
 
 
