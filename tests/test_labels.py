@@ -95,6 +95,18 @@ def test_long_labels_missing_subtype_rows_are_an_error(tmp_path):
         read_rsna_long_labels(path)
 
 
+def test_line_numbers_survive_quoted_cells_that_span_lines(tmp_path):
+    path = tmp_path / "hemorrhage-labels.csv"
+    path.write_text('Image,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural\n'
+                    '"ID_aa1",1,0,1,0,0,0\n'
+                    '"ID_bb2\nnote",0,0,0,0,0,0\n'   # a quoted id cell spanning lines 3-4
+                    '\n'
+                    'ID_cc3,0,0,0,0,0\n')              # line 6: one field short
+    with pytest.raises(LabelFileError) as exc:
+        read_wide_labels(path)
+    assert str(exc.value).startswith(f"{path}:6: expected 7 fields, got 6")
+
+
 def test_wide_labels_normalise_ids_and_check_header(tmp_path):
     path = tmp_path / "hemorrhage-labels.csv"
     path.write_text("Image,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,36 @@ def parse_binary(value: str, path: Path, line: int) -> int:
     return int(f)
 
 
+@contextmanager
+def open_label_csv(path: Path | str) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
+    """Open a label-like CSV: yields (header, rows); rows gives (line number, fields) per data row.
+
+    The header is stripped; blank rows are skipped; a row whose field count differs from the header's
+    raises LabelFileError. Line numbers are the line a row starts on, also after quoted cells that span
+    lines. A UTF-8 byte-order mark (spreadsheet exports) is ignored.
+
+        with open_label_csv(path) as (header, rows):
+            ...check header...
+            for line, fields in rows: ...
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+
+        def rows() -> Iterator[tuple[int, list[str]]]:
+            start = reader.line_num + 1
+            for rec in reader:
+                line, start = start, reader.line_num + 1
+                if not rec or all(not x.strip() for x in rec):
+                    continue
+                if len(rec) != len(header):
+                    raise LabelFileError(path, line, f"expected {len(header)} fields, got {len(rec)}")
+                yield line, rec
+
+        yield header, rows()
+
+
 def iter_long_rows(path: Path | str) -> Iterator[tuple[int, str, str, str]]:
     """Rows of an RSNA long-format file (`ID,Label`, ids `ID_<sop>_<subtype>`: the label CSV and the sample
     submission) as (line number, image id, subtype, raw value). Blank lines are skipped; a bad header, a
@@ -86,16 +117,10 @@ def iter_long_rows(path: Path | str) -> Iterator[tuple[int, str, str, str]]:
     """
     path = Path(path)
     known = set(RSNA_LABELS)
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM from a spreadsheet export
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["ID", "Label"]:
+    with open_label_csv(path) as (header, rows):
+        if header != ["ID", "Label"]:
             raise LabelFileError(path, 1, f"expected header 'ID,Label', got {header!r}")
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != 2:
-                raise LabelFileError(path, lineno, f"expected 2 fields, got {len(rec)}: {rec!r}")
+        for lineno, rec in rows:
             rid = rec[0].strip()
             image_id, sep, subtype = rid.rpartition("_")
             if not sep or not image_id.startswith("ID_") or image_id == "ID":
@@ -133,12 +158,9 @@ def read_wide_labels(path: Path | str, id_column: str = "Image") -> pd.DataFrame
     Image ids may carry a file extension or lack the `ID_` prefix; both are normalised to `ID_<hex>`.
     """
     path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
+    with open_label_csv(path) as (header, rows):
+        if not header:
             raise LabelFileError(path, 1, "empty file")
-        header = [h.strip() for h in header]
         if id_column not in header:
             raise LabelFileError(path, 1, f"no {id_column!r} column in header {header!r}")
         missing = [c for c in RSNA_LABELS if c not in header]
@@ -149,11 +171,7 @@ def read_wide_labels(path: Path | str, id_column: str = "Image") -> pd.DataFrame
             raise LabelFileError(path, 1, f"unknown label columns {unknown}")
         pos = {c: header.index(c) for c in (id_column,) + RSNA_LABELS}
         out: dict[str, list[int]] = {}
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != len(header):
-                raise LabelFileError(path, lineno, f"expected {len(header)} fields, got {len(rec)}")
+        for lineno, rec in rows:
             image_id = normalize_image_id(rec[pos[id_column]])
             if image_id in out:
                 raise LabelFileError(path, lineno, f"duplicate image {image_id}")

@@ -3,7 +3,6 @@ and the 7-class column with the label file named on error."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ichkit.labels import LabelFileError, normalize_image_id, seven_class_column
+from ichkit.labels import LabelFileError, normalize_image_id, open_label_csv, seven_class_column
 
 log = logging.getLogger("ichkit.readers")
 
@@ -35,9 +34,9 @@ def iter_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
 
 
 def csv_header(path: Path) -> list[str]:
-    """The stripped column names of a CSV file ([] for an empty file); a BOM is dropped."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return [h.strip() for h in next(csv.reader(fh), [])]
+    """The stripped header row of a CSV (used to tell which kind of CSV a file is)."""
+    with open_label_csv(path) as (header, _):
+        return header
 
 
 def relative(path: Path, root: Path) -> str:
@@ -81,17 +80,11 @@ def with_label7(labels: pd.DataFrame, source: Path | str) -> pd.Series:
 def read_patient_map(path: Path) -> dict[str, str]:
     """`patients.csv` (columns image, patient) -> {image id: patient id}."""
     out: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
+    with open_label_csv(path) as (header, rows):
         if "image" not in header or "patient" not in header:
             raise LabelFileError(path, 1, f"expected columns 'image' and 'patient', got {header!r}")
         i_image, i_patient = header.index("image"), header.index("patient")
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != len(header):
-                raise LabelFileError(path, lineno, f"expected {len(header)} fields, got {len(rec)}")
+        for lineno, rec in rows:
             image_id, patient = normalize_image_id(rec[i_image]), rec[i_patient].strip()
             if not patient:
                 raise LabelFileError(path, lineno, f"image {image_id} has an empty patient")

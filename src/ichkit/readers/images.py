@@ -22,7 +22,6 @@ missing window is replaced by the brain one, with a note.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id, read_wide_labels
+from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id, open_label_csv, read_wide_labels
 from ichkit.readers import renders
 from ichkit.readers.common import (assign_patients, cell_text, csv_header, examples, index_by_image_id, iter_files,
                                    log, with_label7)
@@ -72,28 +71,21 @@ def looks_like_images(root: Path) -> bool:
 
 def read_class_labels(path: Path, id_column: str) -> pd.DataFrame:
     """A CSV with an id column and a 7-class `label` -> image_id, RSNA_LABELS (Int8), label7."""
-    header = csv_header(path)
-    class_column = next(c for c in CLASS_COLUMNS if c in header)
-    i_id, i_class = header.index(id_column), header.index(class_column)
-    rows: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != len(header):
-                raise LabelFileError(path, lineno, f"expected {len(header)} fields, got {len(rec)}")
+    labels: dict[str, str] = {}
+    with open_label_csv(path) as (header, rows):
+        class_column = next(c for c in CLASS_COLUMNS if c in header)
+        i_id, i_class = header.index(id_column), header.index(class_column)
+        for lineno, rec in rows:
             if not rec[i_id].strip():
                 raise LabelFileError(path, lineno, f"empty {id_column}")
             image_id = normalize_image_id(Path(rec[i_id].strip()).name)
             name = rec[i_class].strip().lower()
             if name not in CLASSES7:
                 raise LabelFileError(path, lineno, f"unknown class {rec[i_class]!r}; expected one of {', '.join(CLASSES7)}")
-            if image_id in rows:
+            if image_id in labels:
                 raise LabelFileError(path, lineno, f"duplicate image {image_id}")
-            rows[image_id] = name
-    label7 = pd.Series(rows, dtype="string")
+            labels[image_id] = name
+    label7 = pd.Series(labels, dtype="string")
     out = pd.DataFrame({"image_id": label7.index, "label7": label7.to_numpy()})
     out["any"] = (out["label7"] != "normal").astype("Int8")
     for s in SUBTYPES:

@@ -21,7 +21,6 @@ image and mask stay aligned whatever each file's storage order.
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ichkit.labels import SUBTYPES, LabelFileError, parse_binary
+from ichkit.labels import SUBTYPES, LabelFileError, open_label_csv, parse_binary
 from ichkit.readers.common import examples, log, relative, with_label7
 from ichkit.slicedata import BadInput, SliceData
 from ichkit.table import Dataset, conform
@@ -95,18 +94,12 @@ def read_ctich_labels(path: Path) -> pd.DataFrame:
     required = ["PatientNumber", "SliceNumber", *SUBTYPE_COLUMNS, NO_HEMORRHAGE]
     rows = []
     seen: set[tuple[int, int]] = set()
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
+    with open_label_csv(path) as (header, rows_in):
         missing = [c for c in required if c not in header]
         if missing:
             raise LabelFileError(path, 1, f"header lacks columns {missing}")
         pos = {c: header.index(c) for c in required}
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != len(header):
-                raise LabelFileError(path, lineno, f"expected {len(header)} fields, got {len(rec)}")
+        for lineno, rec in rows_in:
             try:
                 patient, slice_number = int(rec[pos["PatientNumber"]]), int(rec[pos["SliceNumber"]])
             except ValueError:
