@@ -36,6 +36,9 @@ def _polar(rr, cc):
     return np.hypot(dr, dc), np.arctan2(dr, dc)
 
 
+MULTI_SUBTYPES = ("subdural", "intraparenchymal")
+
+
 def head_slice(kind: str, rng: np.random.Generator) -> np.ndarray:
     """One int16 HU slice of 7-class `kind` (a CLASSES7 name)."""
     rr, cc = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
@@ -83,9 +86,9 @@ def head_slice(kind: str, rng: np.random.Generator) -> np.ndarray:
 
     draw = {"epidural": epidural, "subdural": subdural, "subarachnoid": subarachnoid,
             "intraparenchymal": intraparenchymal, "intraventricular": intraventricular}
-    if kind == "multi":
-        for sub in rng.choice(["subdural", "intraparenchymal", "intraventricular"], size=2, replace=False):
-            blood |= draw[str(sub)]()
+    if kind == "multi":  # the two subtypes `subtypes_of("multi")` labels
+        for sub in MULTI_SUBTYPES:
+            blood |= draw[sub]()
     elif kind != "normal":
         blood |= draw[kind]()
     hu[blood] = rng.uniform(62, 75)
@@ -97,7 +100,7 @@ def subtypes_of(kind: str) -> dict[str, int]:
     if kind == "normal":
         return {s: 0 for s in SUBTYPES}
     if kind == "multi":
-        return {s: int(s in ("subdural", "intraparenchymal")) for s in SUBTYPES}
+        return {s: int(s in MULTI_SUBTYPES) for s in SUBTYPES}
     return {s: int(s == kind) for s in SUBTYPES}
 
 

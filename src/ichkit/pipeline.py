@@ -49,6 +49,7 @@ def _find_or_make_data(args: argparse.Namespace, cfg: dict) -> tuple[Path, list[
 
 
 def run(args: argparse.Namespace, cfg: dict) -> int:
+    from ichkit.cache import ImageCache
     from ichkit.cli import main as cli_main
 
     common = _common(args)
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
         print(f"  {name:<10} {seconds:7.1f} s")
     print(f"  data:        {root}")
     print(f"  table:       {work / 'table.parquet'}")
-    print(f"  cache:       {work / 'cache'} (quarantine: {work / 'cache' / 'quarantine.csv'})")
+    cache = ImageCache(work)
+    print(f"  cache:       {cache.root} (quarantine: {cache.quarantine_path})")
     print(f"  folds:       {cfg['paths']['folds']}")
     print(f"  OOF / test:  {work / 'oof'} / {work / 'test'}")
     print(f"  evaluation:  {work / 'evaluation.csv'}")
