@@ -384,10 +384,9 @@ def prepare_dataset(
 
 
 def _check_work_folder(work: Path, root: Path) -> None:
-    meta_path = work / "table.json"
-    if not meta_path.is_file():
-        return
-    recorded = json.loads(meta_path.read_text()).get("root")
+    from ichkit.table import table_meta
+
+    recorded = (table_meta(work) or {}).get("root")
     if recorded and Path(recorded).resolve() != root:
         raise PrepareError(
             f"{work} holds the table and cache of another dataset ({recorded}), not {root}. "

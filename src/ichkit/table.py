@@ -99,16 +99,22 @@ def write_table(ds: Dataset, work: Path | str) -> Path:
     with atomic_path(work / "polygons.parquet") as tmp:
         conform(ds.polygons, POLYGON_COLUMNS).to_parquet(tmp, index=False)
     meta = {"root": str(Path(ds.root).resolve()), "layout": ds.layout}
-    write_text_atomic(work / "table.json", json.dumps(meta, indent=2))
+    write_text_atomic(work / "table.json", json.dumps(meta, indent=2))  # read back by table_meta
     return table_path(work)
+
+
+def table_meta(work: Path | str) -> dict | None:
+    """The table's sidecar ({"root": data root, "layout": ...}), or None where no table was written yet."""
+    path = Path(work) / "table.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_table(work: Path | str) -> Dataset:
     work = Path(work)
     path = table_path(work)
-    if not path.is_file():
+    meta = table_meta(work)
+    if not path.is_file() or meta is None:
         raise FileNotFoundError(f"{path} not found: run `ichkit prepare` first")
-    meta = json.loads((work / "table.json").read_text())
     slices = conform(pd.read_parquet(path))
     poly_path = work / "polygons.parquet"
     polygons = conform(pd.read_parquet(poly_path), POLYGON_COLUMNS) if poly_path.is_file() else empty_frame(POLYGON_COLUMNS)
