@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ichkit import readers
-    from ichkit.evaluate import evaluate_models
-    from ichkit.features import ensure_features
+    from ichkit.evaluate import SUMMARY_COLUMNS, evaluate_models
+    from ichkit.features import _workers, ensure_features
     from ichkit.folds import make_folds, write_folds
     from ichkit.prepare import prepare_dataset
     from ichkit.table import read_table
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             tmp.cleanup()
 
-    workers = args.workers or os.cpu_count() or 1
-    scores = table[["accuracy", "balanced_accuracy", "macro_f1", "rsna_logloss", "macro_auc", "any_auc"]]
+    workers = _workers(cfg)  # the count feature extraction really used
+    scores = table[list(SUMMARY_COLUMNS)]
     result = {
         "data": str(root),
         "patients": patients,
