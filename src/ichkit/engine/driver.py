@@ -122,8 +122,10 @@ class TrainingPlan:
 
     def context(self, spec, fold: int, train_ids: list[str], valid_ids: list[str], progress: bool) -> FoldContext:
         seen = self.labels.index.isin(set(train_ids) | set(valid_ids))
+        # the table without its label columns: a trainer gets labels from ctx.labels (training images) only
+        unlabelled = self.slices.drop(columns=[c for c in (*RSNA_LABELS, "label7") if c in self.slices.columns])
         return FoldContext(cfg=self.cfg, work=self.work, model=spec.name, fold=int(fold),
-                           seed=int(self.settings["seed"]), task=self.task, slices=self.slices,
+                           seed=int(self.settings["seed"]), task=self.task, slices=unlabelled,
                            labels=self.labels[seen].copy(), options=dict(self.settings), progress=progress)
 
 
