@@ -243,3 +243,34 @@ def test_tasks_keep_their_outputs_apart(work):
     assert table["task"].tolist() == ["6class", "binary"]
     assert np.isnan(table.loc["logreg_radiomic.binary", "balanced_accuracy"])
     assert table.loc["logreg_radiomic.binary", "any_auc"] > 0.8
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray
+
+
+def test_ray_executor_gives_the_local_oof_and_no_leak(work, tmp_path, monkeypatch):
+    """Classical models and the memoriser through a local Ray instance (2 CPUs): the OOF equals the local
+    executor's exactly, the fold folders come back to the driver's work folder, and nothing leaks."""
+    ray = pytest.importorskip("ray")
+    wdir, cfg = work
+    models = ["lgbm_radiomic", "memorise"]
+    local = train_models(models, cfg, progress=False)
+    local_dir = tmp_path / "local"
+    shutil.copytree(wdir / "oof", local_dir / "oof")
+    shutil.rmtree(wdir / "oof"), shutil.rmtree(wdir / "test"), shutil.rmtree(wdir / "models")
+    # the workers import the test doubles like the driver does
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = train_models(models, cfg, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    for m in models:
+        pd.testing.assert_frame_equal(remote[m], local[m])
+        for k in range(K):
+            pd.testing.assert_frame_equal(pd.read_parquet(oof.fold_part_paths(wdir, m, k)[0]),
+                                          pd.read_parquet(local_dir / "oof" / m / f"fold{k}.parquet"))
+            assert (fold_dir_of(wdir, m, k) / "fingerprint.json").is_file()
+    assert (fold_dir_of(wdir, "lgbm_radiomic", 0) / "model.joblib").is_file()
+    assert _logloss7(remote["memorise"], make_plan(cfg)) == pytest.approx(_prior_level_logloss(make_plan(cfg)))

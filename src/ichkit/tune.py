@@ -143,12 +143,13 @@ def tune_model(model: str, cfg: dict[str, Any], n_trials: int, storage: str | No
     from tqdm import tqdm
 
     from ichkit.engine.driver import _setup, make_plan
-    from ichkit.engine.params import resolve_params
+    from ichkit.engine.params import check_model_overrides, resolve_params
     from ichkit.models import get_model_spec
 
     if n_trials < 1:
         raise TuneError(f"--trials must be at least 1, got {n_trials}")
     spec = get_model_spec(model)
+    check_model_overrides(cfg)
     if spec.suggest is None:
         raise TuneError(f"model {model} has no search space (its ModelSpec.suggest is not set)")
     tune_cfg = cfg["tune"]

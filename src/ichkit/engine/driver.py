@@ -301,11 +301,12 @@ def train_models(names: list[str], cfg: dict[str, Any], folds: list[int] | None 
 
     from ichkit import oof
     from ichkit.engine.executors import make_executor
-    from ichkit.engine.params import resolve_params
+    from ichkit.engine.params import check_model_overrides, resolve_params
     from ichkit.models import get_model_spec
 
     plan = make_plan(cfg, task)
     specs = [get_model_spec(n) for n in names]
+    check_model_overrides(cfg)
     fold_ids = plan.fold_ids if not folds else list(dict.fromkeys(int(f) for f in folds))
     unknown = sorted(set(fold_ids) - set(plan.fold_ids))
     if unknown:

@@ -32,6 +32,17 @@ def read_tuned_params(work: Path | str, model: str) -> dict[str, Any] | None:
     return saved["params"]
 
 
+def check_model_overrides(cfg: dict[str, Any]) -> None:
+    """Every name under the config's ``models`` must be a registered model (a typo is never ignored)."""
+    from ichkit.models import get_model_spec
+
+    for name in (cfg.get("models") or {}):
+        try:
+            get_model_spec(name)
+        except ValueError as exc:
+            raise ParamsError(f"config models.{name}: {exc}") from None
+
+
 def resolve_params(spec, cfg: dict[str, Any], use_tuned: bool = True) -> tuple[dict[str, Any], str]:
     """(params, where they came from): defaults < features.pca_components, train.n_jobs (models that have
     them) < config models.<name> < the tuned file."""
