@@ -54,7 +54,7 @@ def part_mtimes(wdir: Path, run: str) -> dict[int, int]:
 
 def test_fingerprints_retrain_exactly_what_changed(work, capsys):
     wdir, cfg = work
-    models = ["tree_radiomic", "logreg_radiomic"]
+    models = ["tree_radiomic", "memorise"]
     train_models(models, cfg, progress=False)
     before = {m: part_mtimes(wdir, m) for m in models}
     fp = json.loads((fold_dir_of(wdir, "tree_radiomic", 0) / "fingerprint.json").read_text())
@@ -70,12 +70,8 @@ def test_fingerprints_retrain_exactly_what_changed(work, capsys):
     train_models(models, cfg, progress=False)
     out = capsys.readouterr().out
     assert out.count("tree_radiomic fold 0: retraining, its fingerprint changed: params.max_depth: 8 -> 3") == 1
-    assert part_mtimes(wdir, "logreg_radiomic") == before["logreg_radiomic"]
+    assert part_mtimes(wdir, "memorise") == before["memorise"]
     assert all(part_mtimes(wdir, "tree_radiomic")[k] != before["tree_radiomic"][k] for k in range(K))
-
-    train_models(["logreg_radiomic"], cfg, force=True, folds=[1], progress=False)  # --force: regardless
-    after = part_mtimes(wdir, "logreg_radiomic")
-    assert after[1] != before["logreg_radiomic"][1] and after[0] == before["logreg_radiomic"][0]
 
     # other folds: evaluate refuses the stale merged OOF, and a re-run retrains every model's every fold
     folds = pd.read_csv(wdir / "folds.csv")
@@ -185,7 +181,7 @@ def test_a_prior_shift_only_in_the_held_out_fold_is_not_learned(work):
 # resume inside a fold
 
 
-def test_a_fold_killed_mid_run_resumes_from_its_checkpoint(work):
+def test_a_fold_killed_mid_run_resumes_from_its_checkpoint(work, capsys):
     wdir, cfg = work
     cfg_file = wdir.parent / "cfg.json"
     cfg_file.write_text(json.dumps(cfg))
@@ -209,10 +205,9 @@ def test_a_fold_killed_mid_run_resumes_from_its_checkpoint(work):
     killed_at = json.loads(latest.read_text())["epoch"]
     assert 2 <= killed_at < 6 and not oof.fold_done(wdir, "epochs", 0)
 
-    rerun = subprocess.run([sys.executable, "-c", script, str(cfg_file)], env=env, capture_output=True, text=True,
-                           timeout=120)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "epochs fold 0: resuming the interrupted run" in rerun.stdout
+    capsys.readouterr()
+    train_models(["epochs"], cfg, folds=[0], progress=False)  # the next run, here in-process
+    assert "epochs fold 0: resuming the interrupted run" in capsys.readouterr().out
     log = pd.read_csv(fold_dir_of(wdir, "epochs", 0) / "log.csv", header=None, names=["epoch", "draw", "resumed"])
     assert log["epoch"].tolist() == list(range(1, 7))  # no epoch repeated, none skipped
     assert log.loc[log["epoch"] > killed_at, "resumed"].eq(1).all() and log.loc[log["epoch"] <= killed_at, "resumed"].eq(0).all()
@@ -254,7 +249,7 @@ def test_ray_executor_gives_the_local_oof_and_no_leak(work, tmp_path, monkeypatc
     executor's exactly, the fold folders come back to the driver's work folder, and nothing leaks."""
     ray = pytest.importorskip("ray")
     wdir, cfg = work
-    models = ["lgbm_radiomic", "memorise"]
+    models = ["tree_radiomic", "memorise"]
     local = train_models(models, cfg, progress=False)
     local_dir = tmp_path / "local"
     shutil.copytree(wdir / "oof", local_dir / "oof")
@@ -272,5 +267,5 @@ def test_ray_executor_gives_the_local_oof_and_no_leak(work, tmp_path, monkeypatc
             pd.testing.assert_frame_equal(pd.read_parquet(oof.fold_part_paths(wdir, m, k)[0]),
                                           pd.read_parquet(local_dir / "oof" / m / f"fold{k}.parquet"))
             assert (fold_dir_of(wdir, m, k) / "fingerprint.json").is_file()
-    assert (fold_dir_of(wdir, "lgbm_radiomic", 0) / "model.joblib").is_file()
+    assert (fold_dir_of(wdir, "tree_radiomic", 0) / "model.joblib").is_file()
     assert _logloss7(remote["memorise"], make_plan(cfg)) == pytest.approx(_prior_level_logloss(make_plan(cfg)))

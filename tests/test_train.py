@@ -134,7 +134,8 @@ def test_binary_rsna_heads_rank_every_label_out_of_fold(work):
 
     wdir, cfg = work
     cfg["train"]["rsna_head"] = "binary"
-    merged = train.train_models(["logreg_radiomic"], cfg, progress=False)["logreg_radiomic"]
+    train.train_models(["logreg_radiomic"], cfg, folds=[0], progress=False)  # fold 0 holds every class
+    merged = pd.read_parquet(oof.fold_part_paths(wdir, "logreg_radiomic", 0)[0])
     model = load_fold_model(wdir, "logreg_radiomic", 0)
     assert len(model.rsna_estimators) == len(RSNA_LABELS)
     table = pd.read_parquet(wdir / "table.parquet").set_index("image_id").loc[merged["image_id"]]

@@ -206,11 +206,11 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def _predict(trainer, ids: list[str], fold: int, what: str) -> pd.DataFrame:
-    from ichkit.oof import validate_predictions
-
+    """The trainer's predictions of `ids` (the contract itself is checked when the part is written)."""
     frame = trainer.predict(list(ids))
-    frame = validate_predictions(frame, what, fold=fold)
-    if frame["image_id"].tolist() != [str(i) for i in ids]:
+    if not isinstance(frame, pd.DataFrame) or "image_id" not in frame.columns:
+        raise TrainError(f"{what}: the trainer must return a frame with image_id (oof.predictions_frame)")
+    if frame["image_id"].astype(str).tolist() != [str(i) for i in ids]:
         raise TrainError(f"{what}: the trainer returned other ids or another order than asked")
     return frame
 
@@ -388,7 +388,9 @@ def evaluate_params(spec, params: dict[str, Any], plan: TrainingPlan, fold: int)
         job = UnitJob(spec=spec, params=params, ctx=ctx, run=spec.name, train_ids=train_ids, valid_ids=valid_ids,
                       heldout_ids=heldout_ids, test_ids=[], fingerprint={}, fold_dir=Path(scratch), resume=False)
         result = run_unit(job)
-    return score_frame(plan, result.oof)
+    from ichkit.oof import validate_predictions
+
+    return score_frame(plan, validate_predictions(result.oof, f"OOF predictions of {spec.name} fold {fold}", fold=fold))
 
 
 __all__ = ["TrainError", "TrainingPlan", "UnitJob", "UnitResult", "make_plan", "run_unit", "train_models",

@@ -6,7 +6,8 @@
   validation and the held-out fold, as the reference paper did.
 - ``binary``: any hemorrhage vs normal, every training image.
 
-Every task writes the same OOF contract (`ichkit.oof`); its outputs live under the run name
+Every task writes the same OOF contract (`ichkit.oof`): a 6class trainer leaves ``prob_multi`` at 0, a
+binary one fills the 7 columns with `ichkit.heads.class7_from_any`. Its outputs live under the run name
 ``<model>.<task>`` (``lgbm_radiomic.binary``), so tasks never overwrite each other, and `evaluate` groups
 its table by task. The task is part of `FoldContext` and of the fold fingerprint.
 """

@@ -472,7 +472,9 @@ def _make_spec(name: str) -> ModelSpec:
     fed = " + ".join(("PCA of " if f == "pixels" else "") + f for f in features)
     return ModelSpec(name=name, family="classical", features=features, build=build, suggest=search,
                      defaults=all_defaults, description=f"{what} on {fed} features", trainer=ClassicalTrainer,
-                     num_cpus=1.0, setup=compute_features)
+                     num_cpus=1.0, setup=compute_features,
+                     # the HU maps the radiomic features are measured on are cached at this size
+                     config_keys=("prepare.cls_size",))
 
 
 for _name in MODEL_NAMES:
