@@ -115,21 +115,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(names)} classical models", flush=True)
 
         seconds["noop_local"] = timed(lambda: train_models([noop], cfg, force=True, progress=False))
-        seconds["classical_local"] = timed(lambda: train_models(names, cfg, force=True, use_tuned=False, progress=False))
+        merged: dict[str, dict] = {}
+        seconds["classical_local"] = timed(lambda: merged.update(
+            local=train_models(names, cfg, force=True, use_tuned=False, progress=False)))
         if not args.no_ray:
             import ray
 
             seconds["ray_init"] = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False))
             try:
                 seconds["noop_ray"] = timed(lambda: train_models([noop], cfg, force=True, executor="ray", progress=False))
-                seconds["classical_ray"] = timed(lambda: train_models(names, cfg, force=True, use_tuned=False,
-                                                                      executor="ray", progress=False))
+                seconds["classical_ray"] = timed(lambda: merged.update(
+                    ray=train_models(names, cfg, force=True, use_tuned=False, executor="ray", progress=False)))
             finally:
                 ray.shutdown()
     finally:
         tmp.cleanup()
 
     track = seconds["classical_local"]
+    # the executors must not change a single prediction
+    identical = ({n: bool(merged["local"][n].equals(merged["ray"][n])) for n in names} if "ray" in merged else {})
     result = {
         "patients": patients, "folds": units, "models": names, "cores": cores,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                              **({"driver_noop_ray": round(seconds["noop_ray"] / units, 3)} if "noop_ray" in seconds else {})},
         "share_of_classical_track": {k: round(seconds[k] / track, 4) for k in ("noop_local", "noop_ray", "classical_ray")
                                      if k in seconds},
+        "ray_oof_identical_to_local": identical,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": cores},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no-op model, Ray       : {seconds['noop_ray']:7.2f} s  = {seconds['noop_ray'] / units:.3f} s per unit, "
               f"{seconds['noop_ray'] / track:.1%} of the classical track")
         print(f"classical track, Ray   : {seconds['classical_ray']:7.1f} s  = {seconds['classical_ray'] / track:.2f}x the "
-              f"local track ({cores} cores; Ray runs {cores} units at once)")
+              f"local track ({cores} cores; Ray runs {cores} units at once); OOF identical to local: "
+              f"{all(identical.values())} ({sum(identical.values())}/{len(identical)} models)")
     print(f"\n-> {RESULTS}")
     return 0
 
