@@ -38,8 +38,8 @@ class FoldContext:
     fold: int                    # the held-out fold this unit predicts
     seed: int
     task: str                    # 7class | 6class | binary
-    slices: pd.DataFrame         # the slice table (ids, series, z, spacing, split, status; no labels needed)
-    labels: pd.DataFrame         # index image_id (train_ids + valid_ids only): y7 (CLASSES7 index), RSNA_LABELS
+    slices: pd.DataFrame         # the slice table without its label columns (ids, series, z, spacing, split, status)
+    labels: pd.DataFrame         # index image_id (train_ids + valid_ids only): y7 (CLASSES7 index), RSNA_LABELS, patient_id, fold
     options: dict[str, Any] = field(default_factory=dict)  # train settings that change outputs (class_weight, rsna_head, ...)
     progress: bool = True
 
