@@ -18,12 +18,11 @@ import argparse
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ import numpy as np
 from ichkit.cache import KINDS, ImageCache
 from ichkit.files import atomic_path
 from ichkit.slicedata import BadInput
+from ichkit.workers import WorkerSettingError, process_pool, sigterm_as_interrupt, worker_count
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that `ichkit --help` stays fast
     import pandas as pd
@@ -63,6 +63,8 @@ QUARANTINE_COLUMNS = ["image_id", "path", "reason", "detail"]
 META_COLUMNS = ("patient_id", "study_id", "series_id", "z", "instance_number", "pixel_spacing", "slice_thickness")
 SEG_CACHE_CHOICES = ("all", "masked_and_test", "none")
 CACHE_FORMAT = 1
+# what the workers run, imported once in the fork server rather than once per worker
+WORKER_PRELOAD = ("cv2", "pydicom.pixels", "ichkit.dicom", "ichkit.readers", "ichkit.windows", "ichkit.prepare")
 
 
 class PrepareError(ValueError):
@@ -93,10 +95,10 @@ class Settings:
             if not (math.isfinite(center) and width > 0):
                 raise PrepareError(f"prepare.windows.{name} must be [center, width > 0] in HU, got {pair!r}")
             parsed[str(name)] = (center, width)
-        seg_cache = str(section.get("seg_cache", "masked_and_test"))
+        seg_cache = str(_setting(section, "seg_cache", str))
         if seg_cache not in SEG_CACHE_CHOICES:
             raise PrepareError(f"prepare.seg_cache must be one of {', '.join(SEG_CACHE_CHOICES)}, got {seg_cache!r}")
-        sizes = {k: int(section.get(k, d)) for k, d in (("cls_size", 256), ("seg_size", 512))}
+        sizes = {k: _setting(section, k) for k in ("cls_size", "seg_size")}
         for key, value in sizes.items():
             if value < 8:
                 raise PrepareError(f"prepare.{key} must be at least 8, got {value}")
@@ -128,6 +130,16 @@ class Settings:
         if self.seg_cache == "masked_and_test":
             return bool(row["has_mask"]) or row["split"] == "test"
         return False
+
+
+def _setting(section: dict, key: str, kind: type = int) -> Any:
+    """prepare.<key> as `kind`; its default lives in default.yaml only, so a missing key is an error."""
+    if key not in section:
+        raise PrepareError(f"prepare.{key} is not set (default.yaml defines it; was the prepare section replaced?)")
+    try:
+        return kind(section[key])
+    except (TypeError, ValueError):
+        raise PrepareError(f"prepare.{key} must be {kind.__name__}, got {section[key]!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -322,9 +334,13 @@ def prepare_dataset(
     masked = ds.polygons["image_id"].isin(set(todo.loc[todo["has_mask"], "image_id"]))
     polygons = polygons_by_image(ds.polygons[masked])
 
-    chunksize = max(1, int(cfg.get("prepare", {}).get("chunksize", 16)))
+    chunksize = max(1, _setting(cfg.get("prepare", {}), "chunksize"))
     chunks = [todo.iloc[i : i + chunksize] for i in range(0, len(todo), chunksize)]
-    n_workers = _worker_count(workers, cfg, len(chunks))
+    setting = cfg.get("prepare", {}).get("workers") if workers is None else workers
+    try:
+        n_workers = worker_count(setting, jobs=len(chunks), key="prepare.workers" if workers is None else "--workers")
+    except WorkerSettingError as exc:
+        raise PrepareError(str(exc)) from None
     ok_now: list[dict] = []
     quarantined_now: list[dict] = []
     started = time.perf_counter()
@@ -423,14 +439,6 @@ def _complete_ids(manifest: pd.DataFrame, cache: ImageCache) -> set[str]:
     return done
 
 
-def _worker_count(workers: int | None, cfg: dict, n_chunks: int) -> int:
-    """`workers` (else prepare.workers; 0 = all cores), never more than there are chunks to share."""
-    n = int(cfg.get("prepare", {}).get("workers", 0) if workers is None else workers)
-    if n < 0:
-        raise PrepareError(f"workers must be >= 0 (0 = all cores), got {n}")
-    return max(1, min(n or os.cpu_count() or 1, n_chunks))
-
-
 def _run_chunks(
     chunks: list[pd.DataFrame],
     polygons: dict[str, list[np.ndarray]],
@@ -445,38 +453,27 @@ def _run_chunks(
 
     if workers == 1:
         _init_worker(str(root), str(work), settings)
-        for chunk in chunks:
-            yield _prepare_chunk(chunk, polys(chunk))
+        with sigterm_as_interrupt():
+            for chunk in chunks:
+                yield _prepare_chunk(chunk, polys(chunk))
         return
-    _preload()
     pending = iter(chunks)
     in_flight: set[Future] = set()
-    # keep a few chunks queued per worker: enough to stay busy, without pickling the whole table up front
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), str(work), settings)) as pool:
-        try:
-            while True:
-                while len(in_flight) < 4 * workers:
-                    chunk = next(pending, None)
-                    if chunk is None:
-                        break
-                    in_flight.add(pool.submit(_prepare_chunk, chunk, polys(chunk)))
-                if not in_flight:
-                    return
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        except BaseException:
-            # interrupted (Ctrl-C, or the caller stopped): drop queued chunks instead of finishing them
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _preload() -> None:
-    """Import what the workers run before forking them, so that each does not import it again."""
-    import cv2  # noqa: F401
-    import pydicom.pixels  # noqa: F401
-
-    from ichkit import dicom, readers, windows  # noqa: F401
+    # keep a few chunks queued per worker: enough to stay busy, without pickling the whole table up front.
+    # Interrupted (Ctrl-C, SIGTERM, or the caller stopped), the pool drops queued chunks instead of finishing them.
+    with process_pool(workers, initializer=_init_worker, initargs=(str(root), str(work), settings),
+                      preload=WORKER_PRELOAD) as pool:
+        while True:
+            while len(in_flight) < 4 * workers:
+                chunk = next(pending, None)
+                if chunk is None:
+                    break
+                in_flight.add(pool.submit(_prepare_chunk, chunk, polys(chunk)))
+            if not in_flight:
+                return
+            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
 
 
 def _fill_from_manifest(slices: pd.DataFrame, manifest: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
