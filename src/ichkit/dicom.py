@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ichkit.slicedata import BadInput, SliceData
+from ichkit.frames import frame_problem
+from ichkit.slicedata import BadInput, SliceData, implausible_hu
 
 MIN_SIDE = 64        # smaller than this is a localizer thumbnail or an icon, not an axial CT slice
 MAX_ASPECT = 2.0     # longer side / shorter side; axial head CT is square (512x512) or close to it
@@ -71,6 +72,7 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
     problem = _missing_decoder(str(tsyntax))
     if problem:
         raise BadInput(path, "no_decoder", problem)
+    _check_pixel_data(ds, tsyntax, rows, cols, path)
     pixels = _decode(ds, path)
     if pixels.ndim != 2 or pixels.shape != (rows, cols):
         raise BadInput(path, "odd_shape", f"decoded array has shape {pixels.shape}, expected ({rows}, {cols})")
@@ -78,6 +80,8 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
     notes: list[str] = []
     slope = _rescale_value(ds, "RescaleSlope", 1.0, notes)
     intercept = _rescale_value(ds, "RescaleIntercept", 0.0, notes)
+    if slope == 0:
+        raise BadInput(path, "bad_header", "RescaleSlope is 0: every pixel would be the intercept")
     if (
         ds.get("BitsStored") == 12
         and ds.get("PixelRepresentation") == 0
@@ -97,6 +101,9 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
         "slice_thickness": _first_float(ds.get("SliceThickness")),
     }
     meta["z"] = _slice_z(ds, meta, notes)
+    problem = implausible_hu(pixels, slope, intercept)
+    if problem:
+        raise BadInput(path, "implausible_hu", problem)
     return SliceData(pixels=pixels, slope=slope, intercept=intercept, meta=meta, notes=notes)
 
 
@@ -199,14 +206,46 @@ def _missing_decoder(tsyntax: str) -> str | None:
     return None
 
 
+def _check_pixel_data(ds: Any, tsyntax: Any, rows: int, cols: int, path: Path) -> None:
+    """The pixel data fits the header: native data is Rows x Columns x BitsAllocated/8 bytes (a sheared
+    image has other Rows/Columns), an encapsulated frame is one complete codestream (see frames.py)."""
+    bits = int(ds.BitsAllocated)
+    if bits not in (8, 16, 32):
+        raise BadInput(path, "bad_header", f"BitsAllocated {bits}, expected 8, 16 or 32 for CT")
+    elem = ds["PixelData"]
+    if not tsyntax.is_encapsulated:
+        have, want = len(ds.PixelData), rows * cols * bits // 8
+        if have < want and have % max(1, bits // 8) == 0 and have >= want // 2:
+            raise BadInput(path, "bad_header", f"Pixel Data holds {have} bytes, Rows x Columns x BitsAllocated/8 "
+                                                f"= {rows}x{cols}x{bits // 8} = {want}: Rows/Columns do not match")
+        if have > want + 1:
+            raise BadInput(path, "bad_header", f"Pixel Data holds {have} bytes, Rows x Columns x BitsAllocated/8 "
+                                                f"= {rows}x{cols}x{bits // 8} = {want}: Rows/Columns do not match")
+        return
+    if not getattr(elem, "is_undefined_length", True):
+        raise BadInput(path, "bad_header", "compressed transfer syntax but Pixel Data is not encapsulated")
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:
+        raise BadInput(path, "decode_error", f"encapsulated Pixel Data does not split into frames: {exc}") from None
+    problem = frame_problem(frame, str(tsyntax), segments_expected=bits // 8 * int(ds.get("SamplesPerPixel") or 1))
+    if problem:
+        raise BadInput(path, "decode_error", problem)
+
+
 def _decode(ds: Any, path: Path) -> np.ndarray:
     try:
         return ds.pixel_array
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except ValueError as exc:
         if "less than expected" in str(exc):
             raise BadInput(path, "truncated", "pixel data shorter than Rows x Columns x BitsAllocated") from None
         raise BadInput(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
-    except Exception as exc:
+    except BaseException as exc:  # compiled decoders raise their own types (pyo3's PanicException is a
+        # BaseException that `except Exception` misses and that cannot be pickled back from a worker)
         raise BadInput(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
 
 

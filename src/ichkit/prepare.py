@@ -167,8 +167,7 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
     image_id = str(row["image_id"])
     path = root / str(row["path"])
     try:
-        if not path.exists():
-            raise BadInput(path, "file_not_found", "no such file")
+        _check_path(path)
         sl = readers.load_slice(row, root, channels=list(settings.windows))
         img = apply_windows(sl, settings.window_list)
         brain_window, brain_channel = settings.brain
@@ -185,7 +184,10 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
     except BadInput as exc:
         return {"quarantine": {"image_id": image_id, "path": exc.path, "reason": exc.reason,
                                "detail": _one_line(exc.detail)}}
-    except Exception as exc:  # one bad file must never stop the run; it is recorded instead
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # one bad file must never stop the run, whatever it raises (compiled
+        # decoders raise BaseException subclasses); only the class name and text travel back, so it pickles
         detail = _one_line(f"{type(exc).__name__}: {exc}")
         return {"quarantine": {"image_id": image_id, "path": str(path), "reason": "unexpected", "detail": detail}}
     # saved only once everything decoded (a failing mask leaves no half-prepared image behind), and outside
@@ -206,6 +208,23 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
         "seg": "seg" in arrays,
         "mask": "mask" in arrays,
     }}
+
+
+def _check_path(path: Path) -> None:
+    """BadInput with the precise reason a path cannot be opened (a link loop is not "no such file")."""
+    import errno
+
+    try:
+        path.stat()
+    except FileNotFoundError:
+        reason = "a dangling symbolic link" if path.is_symlink() else "no such file"
+        raise BadInput(path, "file_not_found", reason) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInput(path, "unreadable", "symbolic link loop") from None
+        raise BadInput(path, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise BadInput(path, "unreadable", "a folder, not a file")
 
 
 def _one_line(text: str, limit: int = 300) -> str:
