@@ -449,11 +449,12 @@ def _check_or_reset_cache(cache: ImageCache, settings: Settings, force: bool) ->
 
 
 def _complete_ids(manifest: pd.DataFrame, cache: ImageCache) -> set[str]:
-    """Ids in the manifest whose every cached file still exists (a deleted file re-prepares that id)."""
+    """Ids in the manifest whose every cached file exists and is whole (a deleted or damaged file, e.g. one
+    truncated by a full disk, re-prepares that id)."""
     done = set()
     for image_id, seg, mask in zip(manifest["image_id"], manifest["seg"], manifest["mask"]):
         kinds = ["cls", "hu"] + (["seg"] if seg else []) + (["mask"] if mask else [])
-        if all(cache.has(kind, image_id) for kind in kinds):
+        if all(cache.has(kind, image_id) and cache.problem(kind, image_id) is None for kind in kinds):
             done.add(image_id)
     return done
 
