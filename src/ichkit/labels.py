@@ -80,21 +80,51 @@ def parse_binary(value: str, path: Path, line: int) -> int:
     return int(f)
 
 
+def detect_encoding(path: Path) -> str:
+    """`utf-16` for a file starting with a UTF-16 byte-order mark, else `utf-8-sig` (UTF-8 with or without BOM).
+
+    UTF-16 without a BOM is refused: it cannot be told from binary data reliably; the error says so.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if len(head) >= 4 and head[1::2].count(0) > len(head) // 4 and not head.startswith(b"\xef\xbb\xbf"):
+        raise LabelFileError(path, 1, "looks like UTF-16 without a byte-order mark; save it as UTF-8 "
+                                      "(or UTF-16 with a BOM)")
+    return "utf-8-sig"
+
+
+def _decoded_lines(fh, path: Path, encoding: str) -> Iterator[str]:
+    line = 0
+    while True:
+        try:
+            text = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise LabelFileError(path, line + 1, f"not valid {encoding} text ({exc.reason} at byte {exc.start} of the block)") from None
+        if not text:
+            return
+        line += text.count("\n") or 1
+        yield text
+
+
 @contextmanager
 def open_label_csv(path: Path | str) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
     """Open a label-like CSV: yields (header, rows); rows gives (line number, fields) per data row.
 
     The header is stripped; blank rows are skipped; a row whose field count differs from the header's
     raises LabelFileError. Line numbers are the line a row starts on, also after quoted cells that span
-    lines. A UTF-8 byte-order mark (spreadsheet exports) is ignored.
+    lines. The encoding is detected (`detect_encoding`: UTF-8 with or without BOM, UTF-16 with BOM); a
+    byte sequence that does not decode raises LabelFileError naming the file and line.
 
         with open_label_csv(path) as (header, rows):
             ...check header...
             for line, fields in rows: ...
     """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    encoding = detect_encoding(path)
+    with open(path, newline="", encoding=encoding) as fh:
+        reader = csv.reader(_decoded_lines(fh, path, encoding))
         header = [h.strip() for h in next(reader, [])]
 
         def rows() -> Iterator[tuple[int, list[str]]]:

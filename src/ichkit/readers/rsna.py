@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from ichkit.labels import RSNA_LABELS, iter_long_rows, read_rsna_long_labels
-from ichkit.readers.common import csv_header, examples, index_by_image_id, iter_files, log, with_label7
+from ichkit.labels import RSNA_LABELS, LabelFileError, iter_long_rows, read_rsna_long_labels
+from ichkit.readers.common import PATIENTS_CSV, csv_header, examples, index_by_image_id, iter_files, log, with_label7
 from ichkit.readers.polygons import RESULTS_GLOB, keep_known_images, read_polygon_files
 from ichkit.table import Dataset, conform
 
@@ -86,6 +86,19 @@ def _paths(image_ids: list[str], dicoms: dict[str, str], root: Path, folder_glob
     return [dicoms.get(i) or (folder / f"{i}.dcm").as_posix() for i in image_ids]
 
 
+def _refuse_unrecognised_label_files(root: Path, recognised: list[Path]) -> None:
+    """A CSV in the root that is neither a sample submission nor another known file, while no label CSV
+    was recognised, is a label file this reader cannot read: an error, never a silently test-only dataset."""
+    known = {p.name for p in recognised} | {PATIENTS_CSV}
+    for path in sorted(root.glob("*.csv")):
+        if path.name in known or path.match(RESULTS_GLOB):
+            continue
+        header = csv_header(path)
+        what = "an empty file" if not header else f"header {','.join(header)!r}"
+        raise LabelFileError(path, 1, f"{what}; an RSNA label CSV has the header 'ID,Label' (exactly, case included) "
+                                      "and rows ID_<sop>_<subtype>,<0|1>. Without it the dataset has no training images")
+
+
 def read_rsna(root: Path) -> Dataset:
     """Read the RSNA layout at `root` (see the module docstring)."""
     from tqdm import tqdm
@@ -97,7 +110,12 @@ def read_rsna(root: Path) -> Dataset:
     if label_file is None and submission is None:
         raise ValueError(f"{root}: no RSNA label CSV (header ID,Label) and no sample submission")
 
+    if label_file is None:
+        _refuse_unrecognised_label_files(root, csvs)
     labels = read_rsna_long_labels(label_file) if label_file is not None else pd.DataFrame(columns=["image_id", *RSNA_LABELS])
+    if label_file is not None and labels.empty:
+        raise LabelFileError(label_file, None, "no label rows: expected lines ID_<sop>_<subtype>,<0|1> after the "
+                                               "header ID,Label, so the dataset would have no training images")
     test_ids = read_submission_ids(submission) if submission is not None else []
     both = set(labels["image_id"]) & set(test_ids)
     if both:
