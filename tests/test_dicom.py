@@ -37,7 +37,7 @@ def test_native_values_meta_and_dtype(tmp_path):
     np.testing.assert_allclose(sl.hu(), pixels.astype(np.float32) - 1024)
     assert sl.meta == {
         "patient_id": "ID_p7", "study_id": study, "series_id": series, "instance_number": 12,
-        "pixel_spacing": 0.48828125, "slice_thickness": 5.0, "z": 42.5,
+        "pixel_spacing": 0.48828125, "slice_thickness": 5.0, "z": 42.5, "sop_uid": pydicom.dcmread(path).SOPInstanceUID,
     }
     assert sl.notes == []
 

@@ -99,7 +99,12 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
         "instance_number": _int_or_none(ds.get("InstanceNumber")),
         "pixel_spacing": _first_float(ds.get("PixelSpacing")),
         "slice_thickness": _first_float(ds.get("SliceThickness")),
+        "sop_uid": _text(ds, "SOPInstanceUID"),
     }
+    stem = path.name[:-4] if path.name.lower().endswith(".dcm") else path.name
+    if meta["sop_uid"].startswith("ID_") and stem.startswith("ID_") and meta["sop_uid"] != stem:
+        # RSNA-style files are named after their SOPInstanceUID; a mismatch means a renamed or copied file
+        notes.append(f"name_mismatch: file {path.name}, SOPInstanceUID {meta['sop_uid']}")
     meta["z"] = _slice_z(ds, meta, notes)
     problem = implausible_hu(pixels, slope, intercept)
     if problem:

@@ -57,6 +57,8 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "slice_thickness": "float64",
     "seg": "bool",               # a seg image was cached
     "mask": "bool",              # a mask was cached
+    "sop_uid": "string",         # SOPInstanceUID ("" where the file has none)
+    "content_hash": "string",    # blake2b-128 of the input file's bytes: byte-identical copies are duplicates
 }
 QUARANTINE_COLUMNS = ["image_id", "path", "reason", "detail"]
 # table columns taken from what the file itself says, where it says anything
@@ -207,7 +209,16 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
         **{k: _jsonable(meta.get(k)) for k in META_COLUMNS},
         "seg": "seg" in arrays,
         "mask": "mask" in arrays,
+        "sop_uid": str(meta.get("sop_uid") or ""),
+        "content_hash": _file_hash(path),
     }}
+
+
+def _file_hash(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 def _check_path(path: Path) -> None:
@@ -382,6 +393,15 @@ def prepare_dataset(
     if quarantined_now:
         quarantine = pd.concat([quarantine, pd.DataFrame(quarantined_now, dtype="string")], ignore_index=True)
     quarantine = quarantine[~quarantine["image_id"].isin(ok_ids)].drop_duplicates("image_id", keep="last")
+    duplicates = _find_duplicates(manifest[manifest["image_id"].isin(set(ids))], slices, root)
+    if duplicates:
+        for record in duplicates:
+            for kind in KINDS:
+                cache.path(kind, record["image_id"]).unlink(missing_ok=True)
+        dup_ids = {r["image_id"] for r in duplicates}
+        manifest = manifest[~manifest["image_id"].isin(dup_ids)]
+        quarantine = pd.concat([quarantine, pd.DataFrame(duplicates, dtype="string")], ignore_index=True)
+        quarantined_now += duplicates
     records.consolidate(manifest, quarantine)
 
     slices = _fill_from_manifest(slices, manifest, quarantine)
@@ -416,6 +436,25 @@ def prepare_dataset(
     if progress:
         print(format_summary(summary))
     return summary
+
+
+def _find_duplicates(manifest: pd.DataFrame, slices: pd.DataFrame, root: Path) -> list[dict[str, str]]:
+    """Quarantine records for the second and later images of each SOPInstanceUID or file content; the
+    first image id (sorted) is kept, so the choice does not depend on worker timing."""
+    paths = dict(zip(slices["image_id"], slices["path"]))
+    out: dict[str, dict[str, str]] = {}
+    ordered = manifest.sort_values("image_id", kind="stable")
+    for column, what in (("content_hash", "byte-identical to"), ("sop_uid", "same SOPInstanceUID as")):
+        keep: dict[str, str] = {}
+        for image_id, key in zip(ordered["image_id"], ordered[column]):
+            if not key or image_id in out:
+                continue
+            first = keep.setdefault(key, image_id)
+            if first != image_id:
+                out[image_id] = {"image_id": image_id, "path": str(root / str(paths.get(image_id, ""))),
+                                 "reason": "duplicate",
+                                 "detail": f"{what} {first} ({paths.get(first, '')}), which is kept"}
+    return list(out.values())
 
 
 def _check_work_folder(work: Path, root: Path) -> None:
