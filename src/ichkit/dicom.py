@@ -49,7 +49,12 @@ def load_dicom(path: Path | str) -> SliceData:
     """
     with _lenient_reading(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        return _load(Path(path), caught)
+        try:
+            return _load(Path(path), caught)
+        except BadInput:
+            raise
+        except Exception as exc:  # pydicom parses elements lazily: a damaged one fails when first read
+            raise BadInput(path, "bad_header", f"a header element does not parse: {type(exc).__name__}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -217,6 +222,10 @@ def _check_pixel_data(ds: Any, tsyntax: Any, rows: int, cols: int, path: Path) -
     bits = int(ds.BitsAllocated)
     if bits not in (8, 16, 32):
         raise BadInput(path, "bad_header", f"BitsAllocated {bits}, expected 8, 16 or 32 for CT")
+    raw = ds.get_item("PixelData")
+    length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+    if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+        raise BadInput(path, "truncated", f"file ends inside the pixel data ({len(value)} of {length} bytes)")
     elem = ds["PixelData"]
     if not tsyntax.is_encapsulated:
         have, want = len(ds.PixelData), rows * cols * bits // 8
@@ -240,9 +249,21 @@ def _check_pixel_data(ds: Any, tsyntax: Any, rows: int, cols: int, path: Path) -
         raise BadInput(path, "decode_error", problem)
 
 
+# pydicom warns, and still returns an image, when a compressed frame decodes to more data than the image holds
+_DECODED_LENGTH_WARNINGS = ("non-conformant padding", "doesn't match the expected")
+
+
 def _decode(ds: Any, path: Path) -> np.ndarray:
     try:
-        return ds.pixel_array
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pixels = ds.pixel_array
+        for w in caught:
+            if any(text in str(w.message) for text in _DECODED_LENGTH_WARNINGS):
+                raise BadInput(path, "decode_error", f"frame decodes to the wrong length: {w.message}")
+        return pixels
+    except BadInput:
+        raise
     except (KeyboardInterrupt, SystemExit):
         raise
     except ValueError as exc:
