@@ -307,3 +307,108 @@ def test_end_to_end_on_the_phantom_through_the_cli(phantom, tmp_path, capsys):
     assert ok["z"].notna().all() and ok["patient_id"].str.startswith("ID_").all()
     masked = ok[ok["has_mask"]]
     assert len(masked) and all(cache.has("mask", i) for i in masked["image_id"])
+
+
+def test_a_cached_and_quarantined_id_counts_once_as_cached(dataset, tmp_path):
+    # a stopped run left ID_05ok in quarantine.csv while its cache files are complete: cached wins, once
+    work, cfg = tmp_path / "work", small_cfg()
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    cache = ImageCache(work)
+    with open(cache.quarantine_path, "a") as fh:
+        fh.write("ID_05ok,somewhere,decode_error,from a stopped run\n")
+    summary = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert summary["prepared_now"] == 0 and summary["skipped_done"] == N_OK
+    assert summary["in_cache"] == N_OK and summary["quarantined"] == len(BAD)
+    assert "ID_05ok" not in set(pd.read_csv(cache.quarantine_path)["image_id"])
+    assert read_table(work).slices.set_index("image_id").loc["ID_05ok", "status"] == "ok"
+
+
+def test_a_damaged_cache_file_names_the_image_and_is_prepared_again(dataset, tmp_path):
+    from ichkit.cache import CacheError
+
+    work, cfg = tmp_path / "work", small_cfg()
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    cache = ImageCache(work)
+    path = cache.path("cls", "ID_02ok")
+    good = cache.load("cls", "ID_02ok")
+    path.write_bytes(path.read_bytes()[:-100])  # a disk that filled up mid-write
+    with pytest.raises(CacheError, match=r"ID_02ok: damaged cache file .*ID_02ok\.npy: .*truncated"):
+        cache.load("cls", "ID_02ok")
+    np.save(cache.path("hu", "ID_03ok"), np.zeros((CLS + 1, CLS), np.int16))  # whole, but the wrong shape
+    with pytest.raises(CacheError, match="ID_03ok.*cache settings say int16"):
+        cache.load("hu", "ID_03ok")
+    again = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert again["prepared_now"] == 2
+    np.testing.assert_array_equal(cache.load("cls", "ID_02ok"), good)
+    assert cache.load("hu", "ID_03ok").shape == (CLS, CLS)
+
+
+SLOW_WORKERS = '''
+import os, time
+from pathlib import Path
+import ichkit.prepare as p
+_real = p._prepare_one
+def _slow(row, polygons):
+    Path(os.environ["PIDS"], str(os.getpid())).touch()
+    time.sleep(0.4)
+    return _real(row, polygons)
+p._prepare_one = _slow
+'''
+RUN_PREPARE = '''
+import pickle, sys
+from ichkit.prepare import prepare_dataset
+ds, work, cfg = pickle.load(open(sys.argv[1], "rb"))
+prepare_dataset(ds, work, cfg, workers=2, progress=False)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
+def test_a_killed_multi_worker_run_leaves_no_workers_and_resumes(dataset, tmp_path, signame):
+    import os
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work, cfg = tmp_path / "work", small_cfg(chunksize=1, seg_cache="none")
+    hook, pids = tmp_path / "hook", tmp_path / "pids"
+    hook.mkdir(), pids.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_WORKERS)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((dataset, work, cfg)))
+    env = {**os.environ, "PIDS": str(pids),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(Path(prepare_mod.__file__).parents[1])])}
+    proc = subprocess.Popen([sys.executable, "-c", RUN_PREPARE, str(tmp_path / "job.pkl")], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    log = work / "cache" / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.1)
+    workers = {int(p.name) for p in pids.iterdir()} - {proc.pid}
+    assert len(workers) == 2
+    proc.send_signal(getattr(signal, signame))
+    code = proc.wait(30)
+    assert code != 0
+    if signame == "SIGTERM":  # stopped like Ctrl-C: a KeyboardInterrupt, not a traceback of a crash
+        assert "KeyboardInterrupt" in proc.stderr.read()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "workers outlived their parent"
+
+    # a half-written last line, as a kill during the write leaves it
+    with open(log, "a") as fh:
+        fh.write('{"image_id": "ID_07ok", "source": "dic')
+    resumed = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert resumed["skipped_done"] >= 2 and resumed["prepared_now"] > 0
+    assert resumed["in_cache"] == N_OK and resumed["quarantined"] == len(BAD)
+    assert resumed["in_cache"] + resumed["quarantined"] == resumed["images_in"]
