@@ -412,3 +412,51 @@ def test_a_killed_multi_worker_run_leaves_no_workers_and_resumes(dataset, tmp_pa
     assert resumed["skipped_done"] >= 2 and resumed["prepared_now"] > 0
     assert resumed["in_cache"] == N_OK and resumed["quarantined"] == len(BAD)
     assert resumed["in_cache"] + resumed["quarantined"] == resumed["images_in"]
+
+
+def test_an_unwritable_work_folder_names_the_path_and_the_cause(dataset, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o500)
+    try:
+        with pytest.raises(PrepareError, match=rf"cannot write .*{work.name}.*permission denied"):
+            prepare_dataset(dataset, work, small_cfg(), workers=1, progress=False)
+    finally:
+        work.chmod(0o700)
+
+
+def test_a_full_disk_stops_with_the_path_and_a_rerun_completes(dataset, tmp_path, monkeypatch):
+    import errno
+
+    work, cfg = tmp_path / "work", small_cfg(chunksize=2)
+    real_save = ImageCache.save
+    saved = []
+
+    def save_until_full(self, kind, image_id, array):
+        if len(saved) >= 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path(kind, image_id)))
+        saved.append(image_id)
+        return real_save(self, kind, image_id, array)
+
+    monkeypatch.setattr(ImageCache, "save", save_until_full)
+    with pytest.raises(PrepareError, match=r"cannot write .*\.npy: no space left on the device"):
+        prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    monkeypatch.setattr(ImageCache, "save", real_save)
+    summary = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert summary["in_cache"] == N_OK and summary["quarantined"] == len(BAD)
+
+
+def test_a_non_square_image_is_letterboxed_not_squashed(tmp_path):
+    from ichkit.windows import resize
+
+    img = np.zeros((64, 128), np.uint8)
+    img[16:48, 48:80] = 200  # a 32x32 square in the middle
+    out = resize(img, 32)
+    assert out.shape == (32, 32)
+    rows, cols = np.nonzero(out > 100)
+    assert rows.max() - rows.min() == cols.max() - cols.min() == 7  # still square: 32 px -> 8 px
+    assert (out[:8] == 0).all() and (out[-8:] == 0).all()  # the padding above and below

@@ -180,9 +180,10 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
         if settings.wants_seg(row):
             arrays["seg"] = resize(img, settings.seg_size)
         if bool(row["has_mask"]):
-            mask = readers.load_mask(row, root, polygons, settings.seg_size, settings.seg_size)
+            # at the image's own size, then letterboxed and resized exactly like the image
+            mask = readers.load_mask(row, root, polygons, img.shape[0], img.shape[1])
             if mask is not None:
-                arrays["mask"] = mask
+                arrays["mask"] = resize(mask, settings.seg_size, mask=True)
     except BadInput as exc:
         return {"quarantine": {"image_id": image_id, "path": exc.path, "reason": exc.reason,
                                "detail": _one_line(exc.detail)}}
@@ -195,7 +196,10 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
     # saved only once everything decoded (a failing mask leaves no half-prepared image behind), and outside
     # the guard: a cache that cannot be written (disk full) must stop the run, not quarantine every input
     for kind, array in arrays.items():
-        cache.save(kind, image_id, array)
+        try:
+            cache.save(kind, image_id, array)
+        except OSError as exc:
+            raise PrepareError(_write_failure(cache.path(kind, image_id), exc)) from None
     meta = sl.meta
     return {"ok": {
         "image_id": image_id,
@@ -212,6 +216,17 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
         "sop_uid": str(meta.get("sop_uid") or ""),
         "content_hash": _file_hash(path),
     }}
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    """What stops the run when the cache cannot be written: the path and the cause in words."""
+    import errno
+
+    causes = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+    cause = causes.get(exc.errno, f"{type(exc).__name__}: {exc.strerror or exc}")
+    return (f"cannot write {path}: {cause}. Everything prepared so far is kept; free space or "
+            "fix the folder and run prepare again to continue")
 
 
 def _file_hash(path: Path) -> str:
@@ -347,7 +362,10 @@ def prepare_dataset(
     settings = Settings.from_config(cfg)
     _check_work_folder(work, root)
     cache = ImageCache(work)
-    _check_or_reset_cache(cache, settings, force)
+    try:
+        _check_or_reset_cache(cache, settings, force)
+    except OSError as exc:
+        raise PrepareError(_write_failure(Path(exc.filename or cache.root), exc)) from None
     records = _Records(cache)
 
     slices = conform(ds.slices)
@@ -378,7 +396,10 @@ def prepare_dataset(
         for results in _run_chunks(chunks, polygons, root, work, settings, n_workers):
             ok = [r["ok"] for r in results if "ok" in r]
             bad = [r["quarantine"] for r in results if "quarantine" in r]
-            records.append(ok, bad)
+            try:
+                records.append(ok, bad)
+            except OSError as exc:
+                raise PrepareError(_write_failure(Path(exc.filename or cache.root), exc)) from None
             ok_now += ok
             quarantined_now += bad
             bar.update(len(results))
