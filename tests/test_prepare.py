@@ -460,3 +460,26 @@ def test_a_non_square_image_is_letterboxed_not_squashed(tmp_path):
     rows, cols = np.nonzero(out > 100)
     assert rows.max() - rows.min() == cols.max() - cols.min() == 7  # still square: 32 px -> 8 px
     assert (out[:8] == 0).all() and (out[-8:] == 0).all()  # the padding above and below
+
+
+def test_images_without_patient_id_are_grouped_by_patients_csv_study_series_then_image(tmp_path):
+    root = tmp_path / "data"
+    folder = root / "stage_2_train"
+    rows = []
+    for i, (study, series) in enumerate([("1.2.3", "1.2.3.1"), ("1.2.3", "1.2.3.2"), (None, "1.2.9"), (None, None), ("", "")]):
+        ds = pydicom.dcmread(write_ct(folder / f"ID_n{i}.dcm", head_pixels(128, seed=i), patient="",
+                                      study=study or None, series=series or None))
+        for tag, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+            if not value:
+                del ds[tag]
+        ds.save_as(folder / f"ID_n{i}.dcm")
+        rows.append({"image_id": f"ID_n{i}", "split": "train", "source": "dicom", "path": f"stage_2_train/ID_n{i}.dcm",
+                     "has_mask": False})
+    (root / "patients.csv").write_text("image,patient\nID_n4,P4\n")
+    ds = Dataset(root=root, layout="rsna", slices=conform(pd.DataFrame(rows)))
+    prepare_dataset(ds, tmp_path / "work", small_cfg(), workers=1, progress=False)
+    table = read_table(tmp_path / "work").slices.set_index("image_id")
+    assert table["patient_id"].to_dict() == {"ID_n0": "study:1.2.3", "ID_n1": "study:1.2.3", "ID_n2": "series:1.2.9",
+                                             "ID_n3": "ID_n3", "ID_n4": "P4"}
+    assert table["patient_source"].to_dict() == {"ID_n0": "study", "ID_n1": "study", "ID_n2": "series",
+                                                 "ID_n3": "image", "ID_n4": "patients.csv"}

@@ -425,7 +425,7 @@ def prepare_dataset(
         quarantined_now += duplicates
     records.consolidate(manifest, quarantine)
 
-    slices = _fill_from_manifest(slices, manifest, quarantine)
+    slices = _fill_from_manifest(slices, manifest, quarantine, root)
     unaccounted = slices.loc[slices["status"] == "pending", "image_id"]
     if len(unaccounted):
         raise AssertionError(f"{len(unaccounted)} input ids are neither cached nor quarantined, e.g. {unaccounted.iloc[0]}")
@@ -556,14 +556,51 @@ def _run_chunks(
                 yield future.result()
 
 
-def _fill_from_manifest(slices: pd.DataFrame, manifest: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
+def _group_without_patient_id(out: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Images whose file and reader give no patient (secondary captures often have no PatientID) are
+    grouped by the next source that has a value: `patients.csv` -> StudyInstanceUID -> SeriesInstanceUID ->
+    the image alone (with a loud warning: its slices may then fall in different folds)."""
+    import logging
+
+    from ichkit.readers.common import PATIENTS_CSV, read_patient_map
+
+    log = logging.getLogger("ichkit.prepare")
+    empty = out["patient_id"].fillna("").astype(str).str.strip() == ""
+    if not empty.any():
+        return out
+    patients_csv = root / PATIENTS_CSV
+    mapping = read_patient_map(patients_csv) if patients_csv.is_file() else {}
+    sources = [("patients.csv", out["image_id"].map(mapping)), ("study", out["study_id"]),
+               ("series", out["series_id"]), ("image", out["image_id"])]
+    counts = {}
+    for name, values in sources:
+        values = values.astype("string").fillna("").astype(str)
+        use = empty & (values.str.strip() != "")
+        out.loc[use, "patient_id"] = (values[use] if name in ("patients.csv", "image") else name + ":" + values[use])
+        out.loc[use, "patient_source"] = name
+        counts[name] = int(use.sum())
+        empty &= ~use
+    log.warning("%d images have no PatientID; grouped for the folds by %s", sum(counts.values()),
+                ", ".join(f"{k}: {v}" for k, v in counts.items() if v))
+    if counts.get("image"):
+        log.warning("%d images have no PatientID, patients.csv entry, study or series: each is its own group, so "
+                    "slices of one patient may fall in different folds (cross-validation then is optimistic)",
+                    counts["image"])
+    return out
+
+
+def _fill_from_manifest(slices: pd.DataFrame, manifest: pd.DataFrame, quarantine: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Meta columns from what each file says (keeping the reader's value where the file says nothing), status."""
     out = slices.copy()
     by_id = manifest.set_index("image_id")
+    reader_patient = out["patient_id"].fillna("").astype(str).str.strip() != ""
+    file_patient = out["image_id"].map(by_id["patient_id"]).fillna("").astype(str).str.strip() != ""
     for col in META_COLUMNS:
         from_file = out["image_id"].map(by_id[col])
         has_value = from_file.notna() & (from_file != "") if out[col].dtype == "string" else from_file.notna()
         out[col] = out[col].mask(has_value.fillna(False).astype(bool), from_file).astype(out[col].dtype)
+    out["patient_source"] = np.where(file_patient, "file", np.where(reader_patient, "reader", ""))
+    out = _group_without_patient_id(out, root)
     out["status"] = "pending"
     out.loc[out["image_id"].isin(set(quarantine["image_id"])), "status"] = "quarantined"
     out.loc[out["image_id"].isin(set(manifest["image_id"])), "status"] = "ok"
