@@ -238,3 +238,15 @@ def test_missing_file_and_folder(tmp_path):
         load_dicom(tmp_path)
     assert reason_of(exc) == "unreadable"
     assert set(REASONS) >= {"file_not_found", "unreadable"}
+
+
+def test_padding_outside_the_field_of_view_is_plausible_but_float_bytes_are_not(tmp_path):
+    from ichkit.slicedata import BadInput
+
+    pixels = head_pixels(dtype=np.int16)
+    pixels[:10] = -32768  # a padding value far below the CT scale, as some scanners store it
+    assert load_dicom(write_ct(tmp_path / "pad.dcm", pixels)).pixels.min() == -32768
+    noise = np.random.default_rng(0).normal(0, 1, (128, 64)).astype(np.float32)
+    fake = noise.view(np.int16).reshape(128, 128)  # float bytes read as 16-bit integers
+    with pytest.raises(BadInput, match="implausible_hu"):
+        load_dicom(write_ct(tmp_path / "float.dcm", fake))

@@ -262,7 +262,33 @@ def test_cli_without_a_dataset_says_what_to_do(tmp_path, capsys):
     cfg["paths"]["work"] = str(tmp_path / "work")
     assert prepare_mod.run(parser.parse_args(["--data", str(tmp_path / "empty")]), cfg) == 2
     err = capsys.readouterr().err
-    assert "ichkit demo-data" in err and "--data" in err
+    assert "no dataset found in" in err and "it is empty" in err and "rsna: an ID,Label CSV" in err
+    assert "pass --data" not in err  # it was passed
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    cfg["paths"]["input"] = str(tmp_path / "empty")
+    assert prepare_mod.run(parser.parse_args([]), cfg) == 2
+    err = capsys.readouterr().err
+    assert "it holds 1 .txt" in err and "ichkit demo-data" in err and "--data" in err
+
+
+def test_a_bare_dicom_folder_is_an_inference_dataset(tmp_path):
+    from ichkit import readers
+
+    root = tmp_path / "export"
+    for series in ("s1", "s2"):
+        for i in range(2):
+            write_ct(root / series / f"IM{i:04d}.dcm", head_pixels(128, seed=i), patient="")
+    write_ct(root / "s1" / "ID_unique.dcm", head_pixels(128))
+    ds = readers.read_dataset(readers.find_dataset(root))
+    assert ds.layout == "dicoms" and (ds.slices["split"] == "test").all() and len(ds.slices) == 5
+    assert set(ds.slices["image_id"]) == {"ID_s1_IM0000", "ID_s1_IM0001", "ID_s2_IM0000", "ID_s2_IM0001", "ID_unique"}
+    summary = prepare_dataset(ds, tmp_path / "work", small_cfg(), workers=1, progress=False)
+    assert summary["in_cache"] == 5
+
+    from ichkit.folds import FoldsError, make_folds
+
+    with pytest.raises(FoldsError, match="no labelled images.*5 .*test split"):
+        make_folds(read_table(tmp_path / "work").slices, 2, 0)
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,11 @@ def make_folds(slices: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
         raise FoldsError(f"k must be at least 2, got {k}")
     train = training_slices(slices)
     if train.empty:
-        raise FoldsError("the table has no training images with status ok: run `ichkit prepare` first")
+        if not (slices["split"] == "train").any():
+            raise FoldsError(f"the table holds no labelled images: all {len(slices)} are in the test split (an "
+                             "inference dataset, e.g. a bare DICOM folder); folds need a labelled training split")
+        raise FoldsError("the table has no training images with status ok: run `ichkit prepare` first "
+                         "(or see cache/quarantine.csv: every training image may have been quarantined)")
     train = train.sort_values("image_id", kind="stable").reset_index(drop=True)
     image_ids = train["image_id"].astype(str).to_numpy()
 

@@ -646,8 +646,11 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
     try:
         root = readers.find_dataset(data)
         if root is None:
-            print(f"error: no dataset found under {data}: run `ichkit demo-data` to write the synthetic one, "
-                  f"or pass --data PATH", file=sys.stderr)
+            looked = "; ".join(f"{name}: {need}" for name, need in readers.LAYOUT_NEEDS.items())
+            hint = ("" if args.data is not None else
+                    " Run `ichkit demo-data` to write the synthetic dataset there, or pass --data PATH.")
+            print(f"error: no dataset found in {data} or its subfolders ({readers.describe_folder(data)}). "
+                  f"Looked for {looked}.{hint}", file=sys.stderr)
             return 2
         ds = readers.read_dataset(root, layout=args.layout)
     except ValueError as exc:  # LabelFileError, several datasets, unknown layout: each names file and problem

@@ -25,10 +25,11 @@ REASONS: dict[str, str] = {
     "duplicate": "the same image as another input (same SOPInstanceUID, or byte-identical); the other is kept",
 }
 
-# The CT number scale runs from about -1024 (air) to 3071 HU, extended scales to ~30,000 (metal); values
-# beyond these bounds on more than a sliver of the image mean the bytes are not CT numbers at all (float
-# bytes read as integers, a wrong BitsAllocated).
-HU_BOUNDS = (-3000.0, 32767.0)
+# The CT number scale runs from about -1024 (air) to 3071 HU, extended scales to ~30,000 (metal), and the
+# padding outside the field of view is one constant, often -2000, -3024 or even -32768 stored; values beyond
+# these bounds on more than a sliver of the image (padding, the minimum value, aside) mean the bytes are not
+# CT numbers at all (float bytes read as integers, a wrong BitsAllocated).
+HU_BOUNDS = (-3100.0, 32767.0)
 MAX_OUT_OF_SCALE = 0.01  # share of pixels
 
 
@@ -44,7 +45,10 @@ def implausible_hu(pixels: np.ndarray, slope: float, intercept: float) -> str | 
         return f"constant image: every pixel is {lo:g} HU"
     if lo >= HU_BOUNDS[0] and hi <= HU_BOUNDS[1]:
         return None
-    hu = pixels.astype(np.float64) * slope + intercept
+    values = pixels[pixels != pixels.min()]  # padding is one constant at the bottom of the range
+    if values.size == 0:
+        return None
+    hu = values.astype(np.float64) * slope + intercept
     share = float(np.mean((hu < HU_BOUNDS[0]) | (hu > HU_BOUNDS[1])))
     if share > MAX_OUT_OF_SCALE:
         return (f"{share:.0%} of pixels outside {HU_BOUNDS[0]:g}..{HU_BOUNDS[1]:g} HU (range {lo:.3g}..{hi:.3g}): "

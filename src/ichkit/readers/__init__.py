@@ -6,6 +6,7 @@ Layouts (each module's docstring gives the files it expects and its rules):
                          + Results_*.csv polygons
 - "nifti"   (nifti.py)   PhysioNet CT-ICH: ct_scans/NNN.nii, masks/NNN.nii, hemorrhage_diagnosis_raw_ct.csv
 - "images"  (images.py)  any folder of PNG/JPG slices + a labels CSV
+- "dicoms"  (dicoms.py)  a bare folder of DICOMs without labels: an inference (test-only) dataset
 
 Readers list files and read label files only; pixels are read later, one slice at a time, by `load_slice`.
 An input that cannot be loaded raises `slicedata.BadInput` so that `prepare` quarantines it; a label file
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ichkit.readers import images, nifti, renders, rsna
+from ichkit.readers import dicoms, images, nifti, renders, rsna
 from ichkit.readers.common import cell_text, is_private
 from ichkit.slicedata import SliceData
 from ichkit.table import Dataset
@@ -33,7 +34,33 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], Dataset]]] = {
     "nifti": (nifti.looks_like_nifti, nifti.read_nifti),
     "rsna": (rsna.looks_like_rsna, rsna.read_rsna),
     "images": (images.looks_like_images, images.read_images),
+    "dicoms": (dicoms.looks_like_dicoms, dicoms.read_dicoms),
 }
+# what each layout needs, for the message when none is found
+LAYOUT_NEEDS: dict[str, str] = {
+    "renders": "a renders/ folder",
+    "nifti": "ct_scans/*.nii[.gz]",
+    "rsna": "an ID,Label CSV beside DICOM files",
+    "images": "a labels CSV (Image/ID/filename + labels) beside PNG/JPG files",
+    "dicoms": "*.dcm files (an unlabelled inference set)",
+}
+
+
+def describe_folder(folder: Path) -> str:
+    """What a folder holds, by file kind, for a "no dataset found" message: `3 .csv, 0 .dcm, ...`."""
+    from collections import Counter
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "it does not exist" if not folder.exists() else "it is a file, not a folder"
+    kinds: Counter = Counter()
+    for i, path in enumerate(p for p in folder.rglob("*") if p.is_file()):
+        if i >= 100_000:
+            break
+        kinds[path.suffix.lower() or "(no suffix)"] += 1
+    if not kinds:
+        return "it is empty"
+    return "it holds " + ", ".join(f"{n} {k}" for k, n in kinds.most_common(6))
 
 
 def detect_layout(root: Path) -> str | None:
