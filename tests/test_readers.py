@@ -574,3 +574,19 @@ def test_detect_layout_and_find_dataset(tmp_path):
     with pytest.raises(ValueError, match="unknown layout 'dicomdir'"):
         readers.read_dataset(inp / "ctich", layout="dicomdir")
 
+
+
+def test_an_images_folder_with_binary_labels(tmp_path):
+    from PIL import Image
+
+    from ichkit import readers
+
+    root = tmp_path / "pngs"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((64, 80), 40 * i, np.uint8)).save(root / f"{i:03d}.png")
+    (root / "labels.csv").write_text("id,hemorrhage\n000.png,0\n001.png,1\n002.png,0\n")
+    ds = readers.read_dataset(root)
+    assert ds.layout == "images"
+    t = ds.slices.set_index("image_id")
+    assert t["any"].tolist() == [0, 1, 0] and t.loc["ID_001", ["epidural", "subdural"]].isna().all()

@@ -59,8 +59,10 @@ def seven_class_column(df: pd.DataFrame) -> pd.Series:
     n_pos = sub.sum(axis=1)
     bad = ((anyv == 0) & (n_pos > 0)) | ((anyv == 1) & (n_pos == 0))
     if bad.any():
-        first = df.index[np.flatnonzero(bad)[0]]
-        raise ValueError(f"{int(bad.sum())} rows with `any` inconsistent with the subtypes (first: {first})")
+        i = np.flatnonzero(bad)[0]
+        first = df["image_id"].iloc[i] if "image_id" in df.columns else df.index[i]
+        state = "any=0 but a subtype is set" if anyv[i] == 0 else "any=1 but no subtype is set"
+        raise ValueError(f"{int(bad.sum())} images with `any` inconsistent with the subtypes (first: {first}: {state})")
     out = np.full(len(df), "normal", dtype=object)
     single = n_pos == 1
     out[single] = np.asarray(SUBTYPES, dtype=object)[sub[single].argmax(axis=1)]
@@ -205,10 +207,54 @@ def read_wide_labels(path: Path | str, id_column: str = "Image") -> pd.DataFrame
             image_id = normalize_image_id(rec[pos[id_column]])
             if image_id in out:
                 raise LabelFileError(path, lineno, f"duplicate image {image_id}")
-            out[image_id] = [parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
+            values = [parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
+            _check_consistent(values, image_id, path, lineno)
+            out[image_id] = values
     df = pd.DataFrame.from_dict(out, orient="index", columns=list(RSNA_LABELS)).astype("int8")
     df.index.name = "image_id"
     return df.reset_index()
+
+
+def _check_consistent(values: list[int], image_id: str, path: Path, line: int | None) -> None:
+    """`any` (values[0]) agrees with the five subtypes, else LabelFileError naming file:line and the id."""
+    n_sub = sum(values[1:])
+    if values[0] == 0 and n_sub:
+        raise LabelFileError(path, line, f"{image_id}: any=0 but subtypes {[s for s, v in zip(SUBTYPES, values[1:]) if v]} are set")
+    if values[0] == 1 and not n_sub:
+        raise LabelFileError(path, line, f"{image_id}: any=1 but no subtype is set (for any-only labels, give the "
+                                         "file only an id column and `any` or `hemorrhage`: the binary task)")
+
+
+# value columns of a binary label file (public image sets): one hemorrhage yes/no per image
+BINARY_COLUMNS: tuple[str, ...] = ("hemorrhage", "any")
+
+
+def read_binary_labels(path: Path | str, id_column: str, value_column: str) -> pd.DataFrame:
+    """A binary label CSV (`id,hemorrhage` or `Image,any`) -> image_id, RSNA_LABELS (Int8), label7.
+
+    `any` is the file's value; the five subtypes are unknown (<NA>, not 0); label7 is `normal` where any
+    is 0 and <NA> (a bleed of unknown subtype) where it is 1: such data serves the binary task. Errors name
+    file:line and the image id.
+    """
+    path = Path(path)
+    out: dict[str, int] = {}
+    with open_label_csv(path) as (header, rows):
+        i_id, i_value = header.index(id_column), header.index(value_column)
+        for lineno, rec in rows:
+            if not rec[i_id].strip():
+                raise LabelFileError(path, lineno, f"empty {id_column}")
+            image_id = normalize_image_id(Path(rec[i_id].strip()).name)
+            if image_id in out:
+                raise LabelFileError(path, lineno, f"{image_id}: duplicate image")
+            try:
+                out[image_id] = parse_binary(rec[i_value], path, lineno)
+            except LabelFileError as exc:
+                raise LabelFileError(path, lineno, f"{image_id}: {exc.problem}") from None
+    df = pd.DataFrame({"image_id": list(out), "any": pd.array(list(out.values()), dtype="Int8")})
+    for s in SUBTYPES:
+        df[s] = pd.array([pd.NA] * len(df), dtype="Int8")
+    df["label7"] = pd.array(np.where(df["any"].to_numpy(dtype=np.int64) == 0, "normal", None), dtype="string")
+    return df
 
 
 def normalize_image_id(raw: str) -> str:
