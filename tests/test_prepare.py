@@ -509,3 +509,35 @@ def test_images_without_patient_id_are_grouped_by_patients_csv_study_series_then
                                              "ID_n3": "ID_n3", "ID_n4": "P4"}
     assert table["patient_source"].to_dict() == {"ID_n0": "study", "ID_n1": "study", "ID_n2": "series",
                                                  "ID_n3": "image", "ID_n4": "patients.csv"}
+
+
+def test_mask_files_beside_the_slices_are_cached_and_size_checked(tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    from ichkit import readers
+
+    root = tmp_path / "data"
+    ids = ["ID_m0", "ID_m1", "ID_m2", "ID_m3", "ID_m4"]
+    for i, image_id in enumerate(ids):
+        write_ct(root / "stage_2_train" / f"{image_id}.dcm", head_pixels(128, seed=i))
+    (root / "stage_2_train.csv").write_text("ID,Label\n" + "".join(f"{i}_{s},0\n" for i in ids for s in
+                                            ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")))
+    square = np.zeros((128, 128), np.uint8)
+    square[32:96, 32:96] = 1
+    (root / "masks").mkdir()
+    Image.fromarray(square * 255).save(root / "masks" / "ID_m0.png")
+    nib.save(nib.Nifti1Image(square[:, :, None].astype(np.uint8), np.eye(4)), root / "masks" / "ID_m1.nii.gz")
+    write_ct(root / "masks" / "ID_m2.dcm", square.astype(np.uint16) * 7, intercept="0")
+    Image.fromarray(np.zeros((100, 128), np.uint8)).save(root / "masks" / "ID_m3.png")  # the wrong size
+    ds = readers.read_dataset(root)
+    assert ds.slices.set_index("image_id")["has_mask"].to_dict() == {"ID_m0": True, "ID_m1": True, "ID_m2": True,
+                                                                      "ID_m3": True, "ID_m4": False}
+    summary = prepare_dataset(ds, tmp_path / "work", small_cfg(), workers=1, progress=False)
+    cache = ImageCache(tmp_path / "work")
+    for image_id in ("ID_m0", "ID_m1", "ID_m2"):
+        mask = cache.load("mask", image_id)
+        assert mask.shape == (SEG, SEG) and mask.sum() == (SEG // 2) ** 2, image_id
+    quarantine = pd.read_csv(cache.quarantine_path).set_index("image_id")
+    assert quarantine.loc["ID_m3", "reason"] == "odd_shape" and "128x100" in quarantine.loc["ID_m3", "detail"]
+    assert summary["in_cache"] == 4

@@ -116,12 +116,17 @@ def load_slice(row: pd.Series, root: Path, channels: Sequence[str] = renders.REN
 
 def load_mask(row: pd.Series, root: Path, polygons: list[np.ndarray], height: int, width: int) -> np.ndarray | None:
     """The ground-truth mask of a row as uint8 0/1 (height, width): the union of its polygons if it has
-    any, else its NIfTI mask slice resized by nearest neighbour, else None."""
+    any, else its mask file in masks/ (which must be height x width: pass the slice's own size), else its
+    NIfTI mask slice resized by nearest neighbour, else None."""
     from ichkit.readers.polygons import rasterize
     from ichkit.windows import resize
 
     if polygons:
         return rasterize(polygons, height, width)
     if cell_text(row, "mask_path"):
+        if row["source"] != "nifti":  # a mask file in masks/ (see masks.py): must have the slice's size
+            from ichkit.readers.masks import load_mask_file
+
+            return load_mask_file(Path(root) / cell_text(row, "mask_path"), height, width)
         return resize(nifti.load_nifti_mask(row, root), (height, width), mask=True)
     return None

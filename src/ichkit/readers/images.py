@@ -4,6 +4,7 @@
                            columns (any, epidural, ...), a `label` column holding a 7-class name, or only
                            `hemorrhage` / `any` (binary labels: subtypes unknown, for the binary task)
     <root>/**/*.png|jpg    the slices, found recursively (folders starting with _ or . skipped), any size
+    <root>/masks/          optional: a mask file per slice, same stem (.dcm, .png, .nii[.gz]; see masks.py)
     <root>/patients.csv    optional: image,patient; without it each image is its own patient group,
                            exactly as for the renders layout (see renders.py)
 
@@ -33,6 +34,7 @@ import pandas as pd
 from ichkit.labels import (BINARY_COLUMNS, CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id,
                            open_label_csv, read_binary_labels, read_wide_labels)
 from ichkit.readers import renders
+from ichkit.readers.masks import MASKS_DIR, attach_mask_files
 from ichkit.readers.common import (assign_patients, cell_text, csv_header, examples, index_by_image_id, iter_files,
                                    log, with_label7)
 from ichkit.slicedata import BadInput, SliceData
@@ -116,7 +118,8 @@ def read_images(root: Path) -> Dataset:
     else:
         labels = read_class_labels(label_csv, id_column)
 
-    files = index_by_image_id(tqdm(iter_files(root, IMAGE_SUFFIXES), desc="listing images", unit="file"), root)
+    listed = (p for p in iter_files(root, IMAGE_SUFFIXES) if p.relative_to(root).parts[0] != MASKS_DIR)
+    files = index_by_image_id(tqdm(listed, desc="listing images", unit="file"), root)
     slices = labels.copy()
     slices["path"] = slices["image_id"].map(files).fillna("")
     missing = slices["path"] == ""
@@ -130,6 +133,8 @@ def read_images(root: Path) -> Dataset:
     slices["patient_id"] = assign_patients(slices["image_id"], root, "images")
     slices["split"] = "train"
     slices["source"] = "image"
+    slices["has_mask"] = False
+    slices = attach_mask_files(slices, root, "images")
     return Dataset(root=root, layout="images", slices=conform(slices))
 
 

@@ -5,6 +5,7 @@
     <root>/stage_2_train/ID_<sop>.dcm      any folder of *.dcm works; folders starting with _ or . are skipped
     <root>/stage_2_test/ID_<sop>.dcm
     <root>/Results_*.csv                   optional polygon ground truth (see polygons.py)
+    <root>/masks/ID_<sop>.dcm|png|nii[.gz] optional mask files, same stem as the slice (see masks.py)
 
 Train rows are the ids of the label CSV, test rows those of the sample submission. The DICOMs are only
 listed, never opened: `prepare` reads their tags (patient, study, series, z) while decoding them. An id
@@ -22,6 +23,7 @@ import pandas as pd
 
 from ichkit.labels import RSNA_LABELS, LabelFileError, iter_long_rows, read_rsna_long_labels
 from ichkit.readers.common import PATIENTS_CSV, csv_header, examples, index_by_image_id, iter_files, log, with_label7
+from ichkit.readers.masks import MASKS_DIR, attach_mask_files
 from ichkit.readers.polygons import RESULTS_GLOB, keep_known_images, read_polygon_files
 from ichkit.table import Dataset, conform
 
@@ -122,7 +124,8 @@ def read_rsna(root: Path) -> Dataset:
         raise ValueError(f"{root}: {len(both)} ids are both labelled in {label_file.name} and test ids in "
                          f"{submission.name} (e.g. {examples(sorted(both))})")
 
-    dicoms = index_by_image_id(tqdm(iter_files(root, (".dcm",)), desc="listing DICOM files", unit="file"), root)
+    listed = (p for p in iter_files(root, (".dcm",)) if p.relative_to(root).parts[0] != MASKS_DIR)
+    dicoms = index_by_image_id(tqdm(listed, desc="listing DICOM files", unit="file"), root)
 
     train = labels.copy()
     train["split"] = "train"
@@ -141,4 +144,5 @@ def read_rsna(root: Path) -> Dataset:
     polygons = read_polygon_files(sorted(root.glob(RESULTS_GLOB)))
     polygons = keep_known_images(polygons, slices["image_id"], "rsna")
     slices["has_mask"] = slices["image_id"].isin(set(polygons["image_id"]))
+    slices = attach_mask_files(slices, root, "rsna")
     return Dataset(root=root, layout="rsna", slices=conform(slices), polygons=polygons)
