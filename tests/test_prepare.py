@@ -541,3 +541,41 @@ def test_mask_files_beside_the_slices_are_cached_and_size_checked(tmp_path):
     quarantine = pd.read_csv(cache.quarantine_path).set_index("image_id")
     assert quarantine.loc["ID_m3", "reason"] == "odd_shape" and "128x100" in quarantine.loc["ID_m3", "detail"]
     assert summary["in_cache"] == 4
+
+
+def test_thin_series_are_averaged_into_slabs_with_tilt_and_label_union(tmp_path):
+    from ichkit import readers
+    from ichkit.slabs import IN_SLAB, series_spacing
+
+    root = tmp_path / "data"
+    series = pydicom.uid.generate_uid()
+    tilt = np.deg2rad(15)  # gantry tilt: the column direction leaves the axial plane
+    orientation = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
+    normal = np.cross(orientation[:3], orientation[3:])
+    ids = [f"ID_t{i:02d}" for i in range(8)]
+    for i, image_id in enumerate(ids):  # 1.25 mm along the tilted normal -> 4 slices per 5 mm slab
+        position = tuple(np.array([-64.0, -64.0, 0.0]) + 1.25 * i * normal)
+        pixels = head_pixels(128, seed=i).astype(np.uint16) + np.uint16(10 * i)
+        write_ct(root / "stage_2_train" / f"{image_id}.dcm", pixels, series=series, position=position,
+                 orientation=orientation, thickness="1.25", patient="ID_pt")
+    labels = ["ID,Label"]
+    for image_id in ids:
+        bleed = image_id == "ID_t05"
+        labels += [f"{image_id}_{s},{int(bleed and s in ('any', 'subdural'))}" for s in
+                   ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")]
+    (root / "stage_2_train.csv").write_text("\n".join(labels) + "\n")
+    cfg = small_cfg(slab_mm=5)
+    summary = prepare_dataset(readers.read_dataset(root), tmp_path / "work", cfg, workers=1, progress=False)
+    assert summary["images_in"] == 8 and summary["in_cache"] == 8 and summary["slabs"] == 2
+
+    table = read_table(tmp_path / "work").slices.set_index("image_id")
+    assert series_spacing(table.loc[ids, "z"].tolist()) == pytest.approx(1.25)
+    assert (table.loc[ids, "status"] == IN_SLAB).all()
+    slabs = table[table["source"] == "slab"]
+    assert list(slabs.index) == ["ID_t00_slab5mm", "ID_t04_slab5mm"] and (slabs["status"] == "ok").all()
+    assert slabs.loc["ID_t00_slab5mm", "label7"] == "normal" and slabs.loc["ID_t04_slab5mm", "label7"] == "subdural"
+    cache = ImageCache(tmp_path / "work")
+    members = np.mean([cache.load("hu", i).astype(np.float64) for i in ids[4:]], axis=0)
+    np.testing.assert_allclose(cache.load("hu", "ID_t04_slab5mm"), members, atol=1.01)
+    again = prepare_dataset(readers.read_dataset(root), tmp_path / "work", cfg, workers=1, progress=False)
+    assert again["prepared_now"] == 0 and again["slabs"] == 2

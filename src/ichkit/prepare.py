@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ichkit.cache import KINDS, ImageCache
+from ichkit.labels import RSNA_LABELS
 from ichkit.files import atomic_path
 from ichkit.slicedata import BadInput
+from ichkit.slabs import IN_SLAB, SLAB_SOURCE
 from ichkit.workers import WorkerSettingError, process_pool, sigterm_as_interrupt, worker_count
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that `ichkit --help` stays fast
@@ -169,8 +171,12 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
     image_id = str(row["image_id"])
     path = root / str(row["path"])
     try:
-        _check_path(path)
-        sl = readers.load_slice(row, root, channels=list(settings.windows))
+        if row["source"] == SLAB_SOURCE:
+            members = row["member_rows"]
+            sl = _load_slab(members, root)
+        else:
+            _check_path(path)
+            sl = readers.load_slice(row, root, channels=list(settings.windows))
         img = apply_windows(sl, settings.window_list)
         brain_window, brain_channel = settings.brain
         arrays = {
@@ -181,7 +187,12 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
             arrays["seg"] = resize(img, settings.seg_size)
         if bool(row["has_mask"]):
             # at the image's own size, then letterboxed and resized exactly like the image
-            mask = readers.load_mask(row, root, polygons, img.shape[0], img.shape[1])
+            if row["source"] == SLAB_SOURCE:  # the union of the members' masks
+                masks = [readers.load_mask(m, root, row["member_polygons"].get(m["image_id"], []), img.shape[0],
+                                           img.shape[1]) for m in row["member_rows"] if m["has_mask"]]
+                mask = np.maximum.reduce([m for m in masks if m is not None]) if any(m is not None for m in masks) else None
+            else:
+                mask = readers.load_mask(row, root, polygons, img.shape[0], img.shape[1])
             if mask is not None:
                 arrays["mask"] = resize(mask, settings.seg_size, mask=True)
     except BadInput as exc:
@@ -234,6 +245,20 @@ def _file_hash(path: Path) -> str:
 
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _load_slab(members: list[dict[str, Any]], root: Path) -> Any:
+    from ichkit import readers
+    from ichkit.slabs import average_slices
+
+    slices = []
+    for m in members:
+        _check_path(root / str(m["path"]))
+        slices.append(readers.load_slice(m, root))
+    try:
+        return average_slices(slices)
+    except ValueError as exc:
+        raise BadInput(root / str(members[0]["path"]), "odd_shape", f"slab of {len(members)} slices: {exc}") from None
 
 
 def _check_path(path: Path) -> None:
@@ -426,16 +451,23 @@ def prepare_dataset(
     records.consolidate(manifest, quarantine)
 
     slices = _fill_from_manifest(slices, manifest, quarantine, root)
-    unaccounted = slices.loc[slices["status"] == "pending", "image_id"]
+    unaccounted = slices.loc[slices["status"] == "pending", "image_id"]  # (before slabs join the table)
     if len(unaccounted):
         raise AssertionError(f"{len(unaccounted)} input ids are neither cached nor quarantined, e.g. {unaccounted.iloc[0]}")
+    n_inputs = len(slices)
+    slab_mm = cfg.get("prepare", {}).get("slab_mm")
+    if slab_mm:
+        slices, manifest, quarantine = _prepare_slabs(
+            slices, ds.polygons, float(slab_mm), records, manifest, quarantine, root, work, settings, n_workers, cache,
+            chunksize)
     table = write_table(Dataset(root=root, layout=ds.layout, slices=slices, polygons=ds.polygons), work)
 
     in_ds = manifest[manifest["image_id"].isin(set(ids))]
     q_in_ds = quarantine[quarantine["image_id"].isin(set(ids))]
     notes = Counter(note.split(":", 1)[0].strip() for text in in_ds["notes"] for note in str(text).split("; ") if note)
     summary = {
-        "images_in": len(slices),
+        "images_in": n_inputs,
+        "slabs": int((slices["source"] == SLAB_SOURCE).sum()),
         "prepared_now": len(ok_now),
         "quarantined_now": len(quarantined_now),
         "skipped_done": int(ids.isin(done).sum()),
@@ -457,6 +489,59 @@ def prepare_dataset(
     if progress:
         print(format_summary(summary))
     return summary
+
+
+def _prepare_slabs(slices: pd.DataFrame, polygon_frame: pd.DataFrame, slab_mm: float, records: _Records,
+                   manifest: pd.DataFrame, quarantine: pd.DataFrame, root: Path, work: Path, settings: Settings,
+                   n_workers: int, cache: ImageCache, chunksize: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Average the thin series into slabs (see slabs.py): cache each slab, add its row, mark members in_slab."""
+    import pandas as pd
+
+    from ichkit.labels import seven_class_column
+    from ichkit.readers.polygons import polygons_by_image
+    from ichkit.slabs import members_of, plan_slabs, slab_rows
+    from ichkit.table import conform
+
+    plan = plan_slabs(slices, slab_mm)
+    if plan.empty:
+        return slices, manifest, quarantine
+    rows = conform(slab_rows(plan, slices))
+    known = rows[list(RSNA_LABELS)].notna().all(axis=1)
+    rows.loc[known, "label7"] = seven_class_column(rows.loc[known, list(RSNA_LABELS)].astype("int64")).astype("string")
+    done = _complete_ids(manifest, cache)
+    todo = rows[~rows["image_id"].isin(done)].copy()
+    by_id = slices.set_index("image_id", drop=False)
+    polygons = polygons_by_image(polygon_frame)
+    member_rows, member_polys = [], []
+    for extra in todo["extra_paths"]:
+        members = members_of({"extra_paths": extra})
+        member_rows.append([{k: by_id.at[m, k] for k in ("image_id", "path", "source", "frame", "extra_paths",
+                                                         "mask_path", "has_mask")} for m in members])
+        member_polys.append({m: polygons[m] for m in members if m in polygons})
+    todo["member_rows"], todo["member_polygons"] = member_rows, member_polys
+    chunks = [todo.iloc[i : i + chunksize] for i in range(0, len(todo), chunksize)]
+    ok_now, bad_now = [], []
+    for results in _run_chunks(chunks, {}, root, work, settings, max(1, min(n_workers, len(chunks)))):
+        ok = [r["ok"] for r in results if "ok" in r]
+        bad = [r["quarantine"] for r in results if "quarantine" in r]
+        records.append(ok, bad)
+        ok_now += ok
+        bad_now += bad
+    if ok_now:
+        manifest = pd.concat([manifest, _conform_manifest(pd.DataFrame(ok_now))], ignore_index=True)
+    if bad_now:
+        quarantine = pd.concat([quarantine, pd.DataFrame(bad_now, dtype="string")], ignore_index=True)
+    bad_ids = {r["image_id"] for r in bad_now}
+    manifest = manifest[~manifest["image_id"].isin(bad_ids)].drop_duplicates("image_id", keep="last")
+    quarantine = quarantine[~quarantine["image_id"].isin(set(manifest["image_id"]))].drop_duplicates("image_id", keep="last")
+    records.consolidate(manifest, quarantine)
+
+    ok_slabs = rows["image_id"].isin(set(manifest["image_id"]))
+    rows["status"] = np.where(ok_slabs, "ok", "quarantined")
+    in_slab = {m for extra in rows.loc[ok_slabs, "extra_paths"] for m in members_of({"extra_paths": extra})}
+    out = slices.copy()
+    out.loc[out["image_id"].isin(in_slab), "status"] = IN_SLAB
+    return pd.concat([out, rows[out.columns]], ignore_index=True), manifest, quarantine
 
 
 def _find_duplicates(manifest: pd.DataFrame, slices: pd.DataFrame, root: Path) -> list[dict[str, str]]:
