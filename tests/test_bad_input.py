@@ -135,10 +135,10 @@ def test_label_files_with_a_byte_order_mark_are_read(tmp_path, bom):
     assert ds.slices.set_index("image_id").loc["ID_0", "label7"] == "subdural"
 
 
-def corrupt(data: bytes, rng: np.random.Generator) -> bytes:
-    """Seeded damage: flip a few bits, cut the file, or overwrite a run of bytes."""
+def corrupt(data: bytes, rng: np.random.Generator) -> tuple[bytes, int]:
+    """Seeded damage: flip a few bits (kind 0), cut the file (1), or overwrite a run of bytes (2)."""
     buf = bytearray(data)
-    kind = rng.integers(3)
+    kind = int(rng.integers(3))
     if kind == 0:
         for pos in rng.integers(0, len(buf), rng.integers(1, 8)):
             buf[pos] ^= 1 << int(rng.integers(8))
@@ -147,7 +147,7 @@ def corrupt(data: bytes, rng: np.random.Generator) -> bytes:
     else:
         start = int(rng.integers(0, len(buf) - 16))
         buf[start : start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
-    return bytes(buf)
+    return bytes(buf), kind
 
 
 def test_random_corruption_never_crashes_and_accounts_for_every_file(tmp_path):
@@ -161,12 +161,15 @@ def test_random_corruption_never_crashes_and_accounts_for_every_file(tmp_path):
         ds.save_as(folder / "x.dcm", enforce_file_format=True)
         valid[key] = (folder / "x.dcm").read_bytes()
     (folder / "x.dcm").unlink()
-    ids = []
+    ids, cut = [], set()
     for key, data in valid.items():
         for i in range(16):
             image_id = f"ID_{key}_{i:02d}"
-            (folder / f"{image_id}.dcm").write_bytes(corrupt(data, rng))
+            damaged, kind = corrupt(data, rng)
+            (folder / f"{image_id}.dcm").write_bytes(damaged)
             ids.append(image_id)
+            if kind == 1 and len(damaged) < len(data) - 1:  # more than the even-length pad byte is gone
+                cut.add(image_id)
     write_labels(root, ids)
     summary, manifest, quarantine = prepare_folder(root, tmp_path / "work", workers=2)
 
@@ -174,6 +177,8 @@ def test_random_corruption_never_crashes_and_accounts_for_every_file(tmp_path):
     assert set(result) == set(ids)
     assert summary["in_cache"] + summary["quarantined"] == len(ids)
     assert "unexpected" not in set(quarantine["reason"]), quarantine[quarantine["reason"] == "unexpected"]
+    # a file cut anywhere loses pixel data (the last element): never cached, whatever the syntax
+    assert len(cut) >= 10 and not cut & set(manifest["image_id"]), sorted(cut & set(manifest["image_id"]))
     # whatever was cached decodes to a plausible head: damage inside a compressed frame is never cached
     cache = ImageCache(tmp_path / "work")
     for image_id in manifest["image_id"]:
