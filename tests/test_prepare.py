@@ -579,3 +579,36 @@ def test_thin_series_are_averaged_into_slabs_with_tilt_and_label_union(tmp_path)
     np.testing.assert_allclose(cache.load("hu", "ID_t04_slab5mm"), members, atol=1.01)
     again = prepare_dataset(readers.read_dataset(root), tmp_path / "work", cfg, workers=1, progress=False)
     assert again["prepared_now"] == 0 and again["slabs"] == 2
+
+
+CRASHING_DECODER = '''
+import os, signal
+import ichkit.prepare as p
+_real = p._prepare_one
+def _crash(row, polygons):
+    if row["image_id"] == "ID_04ok":
+        os.kill(os.getpid(), signal.SIGSEGV)  # what a crash inside a compiled decoder does to the worker
+    return _real(row, polygons)
+p._prepare_one = _crash
+'''
+
+
+def test_a_decoder_crashing_its_worker_quarantines_that_image_only(dataset, tmp_path):
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    work, cfg = tmp_path / "work", small_cfg(chunksize=3, seg_cache="none")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASHING_DECODER)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((dataset, work, cfg)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(Path(prepare_mod.__file__).parents[1])])}
+    done = subprocess.run([sys.executable, "-c", RUN_PREPARE, str(tmp_path / "job.pkl")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    quarantine = pd.read_csv(ImageCache(work).quarantine_path).set_index("image_id")
+    assert quarantine.loc["ID_04ok", "reason"] == "decode_error" and "worker process died" in quarantine.loc["ID_04ok", "detail"]
+    assert set(quarantine.index) == set(BAD) | {"ID_04ok"}
+    assert len(pd.read_parquet(ImageCache(work).manifest_path)) == N_OK - 1

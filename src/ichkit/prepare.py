@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -622,23 +623,50 @@ def _run_chunks(
             for chunk in chunks:
                 yield _prepare_chunk(chunk, polys(chunk))
         return
-    pending = iter(chunks)
-    in_flight: set[Future] = set()
-    # keep a few chunks queued per worker: enough to stay busy, without pickling the whole table up front.
-    # Interrupted (Ctrl-C, SIGTERM, or the caller stopped), the pool drops queued chunks instead of finishing them.
-    with process_pool(workers, initializer=_init_worker, initargs=(str(root), str(work), settings),
-                      preload=WORKER_PRELOAD) as pool:
-        while True:
-            while len(in_flight) < 4 * workers:
-                chunk = next(pending, None)
-                if chunk is None:
-                    break
-                in_flight.add(pool.submit(_prepare_chunk, chunk, polys(chunk)))
-            if not in_flight:
-                return
-            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
+    pending = list(chunks)
+    pending.reverse()  # popped from the end, in order
+    initargs = (str(root), str(work), settings)
+    while pending:
+        lost: list[pd.DataFrame] = []
+        in_flight: dict[Future, pd.DataFrame] = {}
+        # keep a few chunks queued per worker: enough to stay busy, without pickling the whole table up front.
+        # Interrupted (Ctrl-C, SIGTERM, or the caller stopped), the pool drops queued chunks instead of finishing them.
+        with process_pool(workers, initializer=_init_worker, initargs=initargs, preload=WORKER_PRELOAD) as pool:
+            try:
+                while pending or in_flight:
+                    while pending and len(in_flight) < 4 * workers:
+                        chunk = pending.pop()
+                        in_flight[pool.submit(_prepare_chunk, chunk, polys(chunk))] = chunk
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        chunk = in_flight.pop(future)
+                        try:
+                            results = future.result()
+                        except BrokenProcessPool:
+                            lost.append(chunk)
+                            continue
+                        yield results
+            except BrokenProcessPool:  # raised by submit once a worker has died
+                pass
+            lost += list(in_flight.values())
+        # a worker died (a compiled decoder crashed the process): the chunks it may have held are retried
+        # one image per process, so that only the image that kills its process is quarantined
+        for chunk in lost:
+            for i in range(len(chunk)):
+                yield _prepare_isolated(chunk.iloc[i : i + 1], polys(chunk), initargs)
+
+
+def _prepare_isolated(row: pd.DataFrame, polygons: dict[str, list[np.ndarray]], initargs: tuple) -> list[dict]:
+    """One image in a process of its own: its results, or a quarantine record if the process dies."""
+    with process_pool(1, initializer=_init_worker, initargs=initargs, preload=WORKER_PRELOAD) as pool:
+        try:
+            return pool.submit(_prepare_chunk, row, polygons).result()
+        except BrokenProcessPool:
+            pass
+    image_id = str(row["image_id"].iloc[0])
+    path = str(Path(initargs[0]) / str(row["path"].iloc[0]))
+    return [{"quarantine": {"image_id": image_id, "path": path, "reason": "decode_error",
+                            "detail": "the worker process died while decoding it (a crash in a compiled decoder)"}}]
 
 
 def _group_without_patient_id(out: pd.DataFrame, root: Path) -> pd.DataFrame:
