@@ -149,3 +149,14 @@ def test_an_inconsistent_wide_row_names_file_line_and_id(tmp_path):
                     "ID_a,0,0,0,0,0,0\nID_b,1,0,0,0,0,0\n")
     with pytest.raises(LabelFileError, match=r"hemorrhage-labels\.csv:3: ID_b: any=1 but no subtype"):
         read_wide_labels(path)
+
+
+def test_an_inconsistent_long_label_image_names_the_line_of_its_first_row(tmp_path):
+    path = tmp_path / "stage_2_train.csv"
+    rows = ["ID,Label"] + [f"ID_a_{s},0" for s in RSNA_LABELS] + [f"ID_b_{s},{int(s == 'any')}" for s in RSNA_LABELS]
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(LabelFileError, match=r"stage_2_train\.csv:8: ID_b: any=1 but no subtype"):
+        read_rsna_long_labels(path)
+    path.write_text("\n".join(rows[:10]) + "\n")
+    with pytest.raises(LabelFileError, match=r"stage_2_train\.csv:8: image ID_b lacks labels"):
+        read_rsna_long_labels(path)

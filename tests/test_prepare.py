@@ -612,3 +612,14 @@ def test_a_decoder_crashing_its_worker_quarantines_that_image_only(dataset, tmp_
     assert quarantine.loc["ID_04ok", "reason"] == "decode_error" and "worker process died" in quarantine.loc["ID_04ok", "detail"]
     assert set(quarantine.index) == set(BAD) | {"ID_04ok"}
     assert len(pd.read_parquet(ImageCache(work).manifest_path)) == N_OK - 1
+
+
+def test_a_read_only_work_folder_names_the_path_and_the_cause(dataset, tmp_path, monkeypatch):
+    import errno
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    with pytest.raises(PrepareError, match=r"cannot write .*cache\.json: the file system is read-only"):
+        prepare_dataset(dataset, tmp_path / "work", small_cfg(), workers=1, progress=False)

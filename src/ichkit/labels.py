@@ -170,15 +170,18 @@ def read_rsna_long_labels(path: Path | str) -> pd.DataFrame:
     """
     path = Path(path)
     rows: dict[str, dict[str, int]] = {}
+    first_line: dict[str, int] = {}
     for lineno, image_id, subtype, value in iter_long_rows(path):
         labels = rows.setdefault(image_id, {})
+        first_line.setdefault(image_id, lineno)
         if subtype in labels:
             raise LabelFileError(path, lineno, f"duplicate row for {image_id}_{subtype}")
         labels[subtype] = parse_binary(value, path, lineno)
     for image_id, labels in rows.items():
         missing = set(RSNA_LABELS) - labels.keys()
         if missing:
-            raise LabelFileError(path, None, f"image {image_id} lacks labels {sorted(missing)}")
+            raise LabelFileError(path, first_line[image_id], f"image {image_id} lacks labels {sorted(missing)}")
+        _check_consistent([labels[c] for c in RSNA_LABELS], image_id, path, first_line[image_id])
     df = pd.DataFrame.from_dict(rows, orient="index", columns=list(RSNA_LABELS)).astype("int8")
     df.index.name = "image_id"
     return df.reset_index()
