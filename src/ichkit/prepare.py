@@ -731,6 +731,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  every input id accounted for: {s['in_cache']} in the cache + {s['quarantined']} quarantined "
         f"= {s['in_cache'] + s['quarantined']}",
     ]
+    if s.get("slabs"):
+        lines.append(f"  {s['slabs']} slabs averaged from thin series (prepare.slab_mm); their slices are marked in_slab")
     if s["quarantined_by_reason"]:
         lines.append("  quarantined by reason: " + ", ".join(f"{k}: {v}" for k, v in s["quarantined_by_reason"].items()))
     if s["notes"]:
