@@ -184,3 +184,12 @@ def test_random_corruption_never_crashes_and_accounts_for_every_file(tmp_path):
     for image_id in manifest["image_id"]:
         if not image_id.startswith("ID_native"):
             assert np.median(cache.load("hu", image_id)[:2]) < -900, image_id
+
+
+def test_dicoms_beside_an_unrecognised_label_csv_name_that_file(tmp_path):
+    root = tmp_path / "data"
+    (root / "stage_2_train").mkdir(parents=True)
+    ct_dataset(head(0)).save_as(root / "stage_2_train" / "ID_0.dcm", enforce_file_format=True)
+    (root / "labels.csv").write_text("id,label\nID_0_any,0\n")
+    with pytest.raises(LabelFileError, match=r"labels\.csv:1: header 'id,label'"):
+        readers.read_dataset(readers.find_dataset(root))

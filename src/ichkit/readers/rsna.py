@@ -42,8 +42,10 @@ def long_label_csvs(root: Path) -> list[Path]:
 
 
 def looks_like_rsna(root: Path) -> bool:
-    """An `ID,Label` CSV in the root, and DICOMs (a stage folder, or any *.dcm below the root)."""
-    if not long_label_csvs(root):
+    """A CSV in the root (an `ID,Label` one, or any other but patients.csv: a label file this reader will
+    then refuse by name instead of the folder passing for an unlabelled one), and DICOMs (a stage folder,
+    or any *.dcm below the root)."""
+    if not long_label_csvs(root) and not any(p.name != PATIENTS_CSV for p in root.glob("*.csv")):
         return False
     if any(p.is_dir() for p in (*root.glob(TRAIN_FOLDER_GLOB), *root.glob(TEST_FOLDER_GLOB))):
         return True
@@ -109,11 +111,11 @@ def read_rsna(root: Path) -> Dataset:
     csvs = long_label_csvs(root)
     label_file = _latest_stage([p for p in csvs if not is_sample_submission(p)], "label CSV")
     submission = _latest_stage([p for p in csvs if is_sample_submission(p)], "sample submission")
+    if label_file is None:
+        _refuse_unrecognised_label_files(root, csvs)
     if label_file is None and submission is None:
         raise ValueError(f"{root}: no RSNA label CSV (header ID,Label) and no sample submission")
 
-    if label_file is None:
-        _refuse_unrecognised_label_files(root, csvs)
     labels = read_rsna_long_labels(label_file) if label_file is not None else pd.DataFrame(columns=["image_id", *RSNA_LABELS])
     if label_file is not None and labels.empty:
         raise LabelFileError(label_file, None, "no label rows: expected lines ID_<sop>_<subtype>,<0|1> after the "
