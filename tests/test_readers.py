@@ -590,3 +590,20 @@ def test_an_images_folder_with_binary_labels(tmp_path):
     assert ds.layout == "images"
     t = ds.slices.set_index("image_id")
     assert t["any"].tolist() == [0, 1, 0] and t.loc["ID_001", ["epidural", "subdural"]].isna().all()
+
+
+def test_a_nifti_slice_that_is_not_hounsfield_units_is_quarantined(tmp_path):
+    import nibabel as nib
+
+    from ichkit.readers.nifti import load_nifti_slice
+    from ichkit.slicedata import BadInput
+
+    volume = np.random.default_rng(0).normal(30, 10, (64, 64, 3)).astype(np.float32)
+    volume[..., 1] = np.nan  # a slice of NaNs
+    volume[..., 2] = 5e9  # not CT numbers
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "001.nii")
+    row = pd.Series({"path": "001.nii", "frame": 0, "image_id": "ID_x"})
+    assert load_nifti_slice(row, tmp_path).pixels.shape == (64, 64)
+    for frame, problem in ((1, "NaN or infinite"), (2, "constant image|outside")):
+        with pytest.raises(BadInput, match=problem):
+            load_nifti_slice(pd.Series({"path": "001.nii", "frame": frame, "image_id": "ID_x"}), tmp_path)

@@ -40,6 +40,8 @@ def implausible_hu(pixels: np.ndarray, slope: float, intercept: float) -> str | 
     when the extremes are out of bounds.
     """
     lo_raw, hi_raw = float(pixels.min()), float(pixels.max())
+    if not (np.isfinite(lo_raw) and np.isfinite(hi_raw)):
+        return f"{int(np.count_nonzero(~np.isfinite(pixels)))} pixels are NaN or infinite"
     lo, hi = sorted((lo_raw * slope + intercept, hi_raw * slope + intercept))
     if hi == lo:
         return f"constant image: every pixel is {lo:g} HU"
