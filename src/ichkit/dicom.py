@@ -244,7 +244,8 @@ def _check_pixel_data(ds: Any, tsyntax: Any, rows: int, cols: int, path: Path) -
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except Exception as exc:
         raise BadInput(path, "decode_error", f"encapsulated Pixel Data does not split into frames: {exc}") from None
-    problem = frame_problem(frame, str(tsyntax), segments_expected=bits // 8 * int(ds.get("SamplesPerPixel") or 1))
+    problem = frame_problem(frame, str(tsyntax), segments_expected=bits // 8 * int(ds.get("SamplesPerPixel") or 1),
+                            pixels=rows * cols)
     if problem:
         raise BadInput(path, "decode_error", problem)
 

@@ -7,7 +7,9 @@ and every decoder ignores bytes after the end of its codestream.
   data up to EOI (FFD9); only zero padding may follow EOI (DICOM pads fragments to an even length);
 - JPEG 2000 (J2K codestream or a JP2 box file around one): main header, then each tile-part by its Psot
   length, up to EOC (FFD9);
-- RLE: the 64-byte header's segment count and offsets lie inside the frame.
+- RLE: the 64-byte header's segment count and offsets lie inside the frame, and no segment is longer
+  than PackBits can be for Rows x Columns bytes (2 bytes per byte: catches a second image appended to a
+  frame that is not tiny).
 Returns None for a complete frame, else one sentence saying what is wrong.
 """
 
@@ -25,15 +27,19 @@ RLE = "1.2.840.10008.1.2.5"
 _STANDALONE = {0x01, 0xD8, 0xD9, *range(0xD0, 0xD8)}  # TEM, SOI, EOI, RST0-7: markers without a length
 
 
-def frame_problem(frame: bytes, transfer_syntax: str, segments_expected: int | None = None) -> str | None:
-    """None if `frame` is one complete codestream of its syntax, else what is wrong with it."""
+def frame_problem(frame: bytes, transfer_syntax: str, segments_expected: int | None = None,
+                  pixels: int | None = None) -> str | None:
+    """None if `frame` is one complete codestream of its syntax, else what is wrong with it.
+
+    For RLE, `segments_expected` (BitsAllocated / 8 x SamplesPerPixel) and `pixels` (Rows x Columns, the
+    bytes each segment decodes to) bound the header and each segment's length."""
     ts = str(transfer_syntax)
     if ts in JPEG_FAMILY:
         return _jpeg_problem(frame, jpeg_ls=ts in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"))
     if ts in JPEG2000_FAMILY:
         return _j2k_problem(frame)
     if ts == RLE:
-        return _rle_problem(frame, segments_expected)
+        return _rle_problem(frame, segments_expected, pixels)
     return None
 
 
@@ -136,7 +142,7 @@ def _j2k_problem(frame: bytes) -> str | None:
         i += psot
 
 
-def _rle_problem(frame: bytes, segments_expected: int | None) -> str | None:
+def _rle_problem(frame: bytes, segments_expected: int | None, pixels: int | None = None) -> str | None:
     if len(frame) < 64:
         return "RLE frame shorter than its 64-byte header"
     header = struct.unpack("<16I", frame[:64])
@@ -147,4 +153,13 @@ def _rle_problem(frame: bytes, segments_expected: int | None) -> str | None:
         return f"RLE header gives {count} segments, BitsAllocated x SamplesPerPixel needs {segments_expected}"
     if offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:])) or offsets[-1] >= len(frame):
         return f"RLE segment offsets {offsets} do not fit a {len(frame)}-byte frame"
+    if pixels:
+        # PackBits needs at most 2 bytes per pixel byte (every byte a literal run of one), +1 pad: a longer
+        # segment carries data after the image (a second frame, garbage), which the compiled decoder silently
+        # ignores. Best effort: extra data that fits under this bound is not seen (the image decodes intact).
+        limit = 2 * pixels + 2
+        lengths = [b - a for a, b in zip(offsets, offsets[1:] + [len(frame.rstrip(b"\x00")) + 1])]
+        longest = max(lengths)
+        if longest > limit:
+            return f"an RLE segment of {longest} bytes, more than {limit} can encode {pixels} pixels: data after the image"
     return None
