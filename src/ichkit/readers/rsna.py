@@ -94,7 +94,9 @@ def _refuse_unrecognised_label_files(root: Path, recognised: list[Path]) -> None
     """A CSV in the root that is neither a sample submission nor another known file, while no label CSV
     was recognised, is a label file this reader cannot read: an error, never a silently test-only dataset."""
     known = {p.name for p in recognised} | {PATIENTS_CSV}
-    for path in sorted(root.glob("*.csv")):
+    # the likeliest label file first: a name that says train or label
+    candidates = sorted(root.glob("*.csv"), key=lambda p: (not any(w in p.name.lower() for w in ("train", "label")), p.name))
+    for path in candidates:
         if path.name in known or path.match(RESULTS_GLOB):
             continue
         header = csv_header(path)
