@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from ichkit.config import load_config  # noqa: E402
+from ichkit.workers import process_pool, worker_count  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "prepare.json"
 SLICES_PER_PATIENT = 30  # roughly what the phantom writes; only used to size the generated set
@@ -142,7 +142,7 @@ def time_raw(paths: list[str], workers: int) -> float:
         raw_chunk(paths)
     else:
         chunks = [paths[i::workers] for i in range(workers)]
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:  # the pool prepare itself runs on
             sum(pool.map(raw_chunk, chunks))
     return time.perf_counter() - start
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="processes for ours and raw-per-core (0 = all cores)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all variants; the best of each is kept")
     args = parser.parse_args(argv)
-    cores = args.workers or os.cpu_count() or 1
+    cores = worker_count(args.workers)
     # the phantom, like RSNA, writes ID_<hex> where UIDs belong: no validation warnings, for every variant
     # alike (ours turns validation off itself; the kernels' pydicom 1.x did not validate)
     from pydicom import config as pydicom_config

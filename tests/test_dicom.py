@@ -37,7 +37,7 @@ def test_native_values_meta_and_dtype(tmp_path):
     np.testing.assert_allclose(sl.hu(), pixels.astype(np.float32) - 1024)
     assert sl.meta == {
         "patient_id": "ID_p7", "study_id": study, "series_id": series, "instance_number": 12,
-        "pixel_spacing": 0.48828125, "slice_thickness": 5.0, "z": 42.5,
+        "pixel_spacing": 0.48828125, "slice_thickness": 5.0, "z": 42.5, "sop_uid": pydicom.dcmread(path).SOPInstanceUID,
     }
     assert sl.notes == []
 
@@ -238,3 +238,15 @@ def test_missing_file_and_folder(tmp_path):
         load_dicom(tmp_path)
     assert reason_of(exc) == "unreadable"
     assert set(REASONS) >= {"file_not_found", "unreadable"}
+
+
+def test_padding_outside_the_field_of_view_is_plausible_but_float_bytes_are_not(tmp_path):
+    from ichkit.slicedata import BadInput
+
+    pixels = head_pixels(dtype=np.int16)
+    pixels[:10] = -32768  # a padding value far below the CT scale, as some scanners store it
+    assert load_dicom(write_ct(tmp_path / "pad.dcm", pixels)).pixels.min() == -32768
+    noise = np.random.default_rng(0).normal(0, 1, (128, 64)).astype(np.float32)
+    fake = noise.view(np.int16).reshape(128, 128)  # float bytes read as 16-bit integers
+    with pytest.raises(BadInput, match="implausible_hu"):
+        load_dicom(write_ct(tmp_path / "float.dcm", fake))

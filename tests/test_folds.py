@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from ichkit import folds as folds_mod
 from ichkit.config import load_config
 from ichkit.folds import FoldsError, make_folds, read_folds
+from ichkit.labels import SUBTYPES
 from ichkit.labels import CLASSES7
 from ichkit.table import Dataset, conform, read_table, write_table
 
@@ -253,3 +254,18 @@ def test_stage_writes_csv_sidecar_and_prints_counts(tmp_path, capsys):
     assert main(["folds", "--k", "99", "--set", f"paths.work={work}", "--set", f"paths.folds={out}"]) == 1
     err = capsys.readouterr().err
     assert "ichkit folds: error:" in err and "fewer than k=99" in err
+
+
+def test_binary_labels_make_folds_with_the_bleeds_stratified_as_one_group():
+    rows = []
+    for p in range(10):
+        for s in range(3):
+            positive = p % 2 == 0 and s == 1
+            rows.append({"image_id": f"ID_{p}_{s}", "patient_id": f"P{p}", "split": "train", "status": "ok",
+                         "any": int(positive), "label7": None if positive else "normal",
+                         **{t: None if positive else 0 for t in SUBTYPES}})
+    slices = pd.DataFrame(rows).astype({"label7": "string", "any": "Int8", **{t: "Int8" for t in SUBTYPES}})
+    folds = make_folds(slices, 5, 0)
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    positives = folds[folds["image_id"].isin([r["image_id"] for r in rows if r["any"]])]
+    assert sorted(positives["fold"]) == [0, 1, 2, 3, 4]  # one bleed patient per fold

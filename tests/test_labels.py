@@ -127,3 +127,36 @@ def test_wide_labels_normalise_ids_and_check_header(tmp_path):
                                            ("ID_abc.dcm", "ID_abc")])
 def test_normalize_image_id(raw, expected):
     assert normalize_image_id(raw) == expected
+
+
+def test_binary_labels_leave_the_subtypes_unknown_and_errors_name_line_and_id(tmp_path):
+    from ichkit.labels import read_binary_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("id,hemorrhage\n001.png,1\n002.png,0\n")
+    df = read_binary_labels(path, "id", "hemorrhage").set_index("image_id")
+    assert df.loc["ID_001", "any"] == 1 and df.loc["ID_002", "any"] == 0
+    assert df.loc["ID_001", list(SUBTYPES)].isna().all()  # unknown, not 0 and not "inconsistent"
+    assert pd.isna(df.loc["ID_001", "label7"]) and df.loc["ID_002", "label7"] == "normal"
+    path.write_text("id,hemorrhage\n001.png,1\n002.png,yes\n")
+    with pytest.raises(LabelFileError, match=r"labels\.csv:3: ID_002: label value 'yes'"):
+        read_binary_labels(path, "id", "hemorrhage")
+
+
+def test_an_inconsistent_wide_row_names_file_line_and_id(tmp_path):
+    path = tmp_path / "hemorrhage-labels.csv"
+    path.write_text("Image,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural\n"
+                    "ID_a,0,0,0,0,0,0\nID_b,1,0,0,0,0,0\n")
+    with pytest.raises(LabelFileError, match=r"hemorrhage-labels\.csv:3: ID_b: any=1 but no subtype"):
+        read_wide_labels(path)
+
+
+def test_an_inconsistent_long_label_image_names_the_line_of_its_first_row(tmp_path):
+    path = tmp_path / "stage_2_train.csv"
+    rows = ["ID,Label"] + [f"ID_a_{s},0" for s in RSNA_LABELS] + [f"ID_b_{s},{int(s == 'any')}" for s in RSNA_LABELS]
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(LabelFileError, match=r"stage_2_train\.csv:8: ID_b: any=1 but no subtype"):
+        read_rsna_long_labels(path)
+    path.write_text("\n".join(rows[:10]) + "\n")
+    with pytest.raises(LabelFileError, match=r"stage_2_train\.csv:8: image ID_b lacks labels"):
+        read_rsna_long_labels(path)

@@ -253,16 +253,39 @@ def test_process_pool_gives_the_same_cache(dataset, tmp_path):
 
 
 def test_cli_without_a_dataset_says_what_to_do(tmp_path, capsys):
-    import argparse
+    from ichkit.cli import main
 
-    parser = argparse.ArgumentParser()
-    prepare_mod.add_arguments(parser)
     (tmp_path / "empty").mkdir()
-    cfg = small_cfg()
-    cfg["paths"]["work"] = str(tmp_path / "work")
-    assert prepare_mod.run(parser.parse_args(["--data", str(tmp_path / "empty")]), cfg) == 2
+    work = ["--set", f"paths.work={tmp_path / 'work'}"]
+    assert main(["prepare", "--data", str(tmp_path / "empty"), *work]) == 1
     err = capsys.readouterr().err
-    assert "ichkit demo-data" in err and "--data" in err
+    assert "ichkit prepare: error: no dataset found in" in err and "it is empty" in err
+    assert "rsna: an ID,Label CSV" in err
+    assert "pass --data" not in err  # it was passed
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    assert main(["prepare", *work, "--set", f"paths.input={tmp_path / 'empty'}"]) == 1
+    err = capsys.readouterr().err
+    assert "it holds 1 .txt" in err and "ichkit demo-data" in err and "--data" in err
+
+
+def test_a_bare_dicom_folder_is_an_inference_dataset(tmp_path):
+    from ichkit import readers
+
+    root = tmp_path / "export"
+    for series in ("s1", "s2"):
+        for i in range(2):
+            write_ct(root / series / f"IM{i:04d}.dcm", head_pixels(128, seed=i), patient="")
+    write_ct(root / "s1" / "ID_unique.dcm", head_pixels(128))
+    ds = readers.read_dataset(readers.find_dataset(root))
+    assert ds.layout == "dicoms" and (ds.slices["split"] == "test").all() and len(ds.slices) == 5
+    assert set(ds.slices["image_id"]) == {"ID_s1_IM0000", "ID_s1_IM0001", "ID_s2_IM0000", "ID_s2_IM0001", "ID_unique"}
+    summary = prepare_dataset(ds, tmp_path / "work", small_cfg(), workers=1, progress=False)
+    assert summary["in_cache"] == 5
+
+    from ichkit.folds import FoldsError, make_folds
+
+    with pytest.raises(FoldsError, match="no labelled images.*5 .*test split"):
+        make_folds(read_table(tmp_path / "work").slices, 2, 0)
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +330,293 @@ def test_end_to_end_on_the_phantom_through_the_cli(phantom, tmp_path, capsys):
     assert ok["z"].notna().all() and ok["patient_id"].str.startswith("ID_").all()
     masked = ok[ok["has_mask"]]
     assert len(masked) and all(cache.has("mask", i) for i in masked["image_id"])
+
+
+def test_a_cached_and_quarantined_id_counts_once_as_cached(dataset, tmp_path):
+    # a stopped run left ID_05ok in quarantine.csv while its cache files are complete: cached wins, once
+    work, cfg = tmp_path / "work", small_cfg()
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    cache = ImageCache(work)
+    with open(cache.quarantine_path, "a") as fh:
+        fh.write("ID_05ok,somewhere,decode_error,from a stopped run\n")
+    summary = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert summary["prepared_now"] == 0 and summary["skipped_done"] == N_OK
+    assert summary["in_cache"] == N_OK and summary["quarantined"] == len(BAD)
+    assert "ID_05ok" not in set(pd.read_csv(cache.quarantine_path)["image_id"])
+    assert read_table(work).slices.set_index("image_id").loc["ID_05ok", "status"] == "ok"
+
+
+def test_a_damaged_cache_file_names_the_image_and_is_prepared_again(dataset, tmp_path):
+    from ichkit.cache import CacheError
+
+    work, cfg = tmp_path / "work", small_cfg()
+    prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    cache = ImageCache(work)
+    path = cache.path("cls", "ID_02ok")
+    good = cache.load("cls", "ID_02ok")
+    path.write_bytes(path.read_bytes()[:-100])  # a disk that filled up mid-write
+    with pytest.raises(CacheError, match=r"ID_02ok: damaged cache file .*ID_02ok\.npy: .*truncated"):
+        cache.load("cls", "ID_02ok")
+    np.save(cache.path("hu", "ID_03ok"), np.zeros((CLS + 1, CLS), np.int16))  # whole, but the wrong shape
+    with pytest.raises(CacheError, match="ID_03ok.*cache settings say int16"):
+        cache.load("hu", "ID_03ok")
+    again = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert again["prepared_now"] == 2
+    np.testing.assert_array_equal(cache.load("cls", "ID_02ok"), good)
+    assert cache.load("hu", "ID_03ok").shape == (CLS, CLS)
+
+
+SLOW_WORKERS = '''
+import os, time
+from pathlib import Path
+import ichkit.prepare as p
+_real = p._prepare_one
+def _slow(row, polygons):
+    Path(os.environ["PIDS"], str(os.getpid())).touch()
+    time.sleep(0.4)
+    return _real(row, polygons)
+p._prepare_one = _slow
+'''
+RUN_PREPARE = '''
+import pickle, sys
+from ichkit.prepare import prepare_dataset
+ds, work, cfg = pickle.load(open(sys.argv[1], "rb"))
+prepare_dataset(ds, work, cfg, workers=2, progress=False)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
+def test_a_killed_multi_worker_run_leaves_no_workers_and_resumes(dataset, tmp_path, signame):
+    import os
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work, cfg = tmp_path / "work", small_cfg(chunksize=1, seg_cache="none")
+    hook, pids = tmp_path / "hook", tmp_path / "pids"
+    hook.mkdir(), pids.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_WORKERS)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((dataset, work, cfg)))
+    env = {**os.environ, "PIDS": str(pids),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(Path(prepare_mod.__file__).parents[1])])}
+    proc = subprocess.Popen([sys.executable, "-c", RUN_PREPARE, str(tmp_path / "job.pkl")], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    log = work / "cache" / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.1)
+    workers = {int(p.name) for p in pids.iterdir()} - {proc.pid}
+    assert len(workers) == 2
+    proc.send_signal(getattr(signal, signame))
+    code = proc.wait(30)
+    assert code != 0
+    if signame == "SIGTERM":  # stopped like Ctrl-C: a KeyboardInterrupt, not a traceback of a crash
+        assert "KeyboardInterrupt" in proc.stderr.read()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "workers outlived their parent"
+
+    # a half-written last line, as a kill during the write leaves it
+    with open(log, "a") as fh:
+        fh.write('{"image_id": "ID_07ok", "source": "dic')
+    resumed = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert resumed["skipped_done"] >= 2 and resumed["prepared_now"] > 0
+    assert resumed["in_cache"] == N_OK and resumed["quarantined"] == len(BAD)
+    assert resumed["in_cache"] + resumed["quarantined"] == resumed["images_in"]
+
+
+def test_an_unwritable_work_folder_names_the_path_and_the_cause(dataset, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o500)
+    try:
+        with pytest.raises(PrepareError, match=rf"cannot write .*{work.name}.*permission denied"):
+            prepare_dataset(dataset, work, small_cfg(), workers=1, progress=False)
+    finally:
+        work.chmod(0o700)
+
+
+def test_a_full_disk_stops_with_the_path_and_a_rerun_completes(dataset, tmp_path, monkeypatch):
+    import errno
+
+    work, cfg = tmp_path / "work", small_cfg(chunksize=2)
+    real_save = ImageCache.save
+    saved = []
+
+    def save_until_full(self, kind, image_id, array):
+        if len(saved) >= 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path(kind, image_id)))
+        saved.append(image_id)
+        return real_save(self, kind, image_id, array)
+
+    monkeypatch.setattr(ImageCache, "save", save_until_full)
+    with pytest.raises(PrepareError, match=r"cannot write .*\.npy: no space left on the device"):
+        prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    monkeypatch.setattr(ImageCache, "save", real_save)
+    summary = prepare_dataset(dataset, work, cfg, workers=1, progress=False)
+    assert summary["in_cache"] == N_OK and summary["quarantined"] == len(BAD)
+
+
+def test_a_non_square_image_is_letterboxed_not_squashed(tmp_path):
+    from ichkit.windows import resize
+
+    img = np.zeros((64, 128), np.uint8)
+    img[16:48, 48:80] = 200  # a 32x32 square in the middle
+    out = resize(img, 32)
+    assert out.shape == (32, 32)
+    rows, cols = np.nonzero(out > 100)
+    assert rows.max() - rows.min() == cols.max() - cols.min() == 7  # still square: 32 px -> 8 px
+    assert (out[:8] == 0).all() and (out[-8:] == 0).all()  # the padding above and below
+
+
+def test_images_without_patient_id_are_grouped_by_patients_csv_study_series_then_image(tmp_path):
+    root = tmp_path / "data"
+    folder = root / "stage_2_train"
+    rows = []
+    for i, (study, series) in enumerate([("1.2.3", "1.2.3.1"), ("1.2.3", "1.2.3.2"), (None, "1.2.9"), (None, None), ("", "")]):
+        ds = pydicom.dcmread(write_ct(folder / f"ID_n{i}.dcm", head_pixels(128, seed=i), patient="",
+                                      study=study or None, series=series or None))
+        for tag, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+            if not value:
+                del ds[tag]
+        ds.save_as(folder / f"ID_n{i}.dcm")
+        rows.append({"image_id": f"ID_n{i}", "split": "train", "source": "dicom", "path": f"stage_2_train/ID_n{i}.dcm",
+                     "has_mask": False})
+    (root / "patients.csv").write_text("image,patient\nID_n4,P4\n")
+    ds = Dataset(root=root, layout="rsna", slices=conform(pd.DataFrame(rows)))
+    prepare_dataset(ds, tmp_path / "work", small_cfg(), workers=1, progress=False)
+    table = read_table(tmp_path / "work").slices.set_index("image_id")
+    assert table["patient_id"].to_dict() == {"ID_n0": "study:1.2.3", "ID_n1": "study:1.2.3", "ID_n2": "series:1.2.9",
+                                             "ID_n3": "ID_n3", "ID_n4": "P4"}
+    assert table["patient_source"].to_dict() == {"ID_n0": "study", "ID_n1": "study", "ID_n2": "series",
+                                                 "ID_n3": "image", "ID_n4": "patients.csv"}
+
+
+def test_mask_files_beside_the_slices_are_cached_and_size_checked(tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    from ichkit import readers
+
+    root = tmp_path / "data"
+    ids = ["ID_m0", "ID_m1", "ID_m2", "ID_m3", "ID_m4"]
+    for i, image_id in enumerate(ids):
+        write_ct(root / "stage_2_train" / f"{image_id}.dcm", head_pixels(128, seed=i))
+    (root / "stage_2_train.csv").write_text("ID,Label\n" + "".join(f"{i}_{s},0\n" for i in ids for s in
+                                            ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")))
+    square = np.zeros((128, 128), np.uint8)
+    square[32:96, 32:96] = 1
+    (root / "masks").mkdir()
+    Image.fromarray(square * 255).save(root / "masks" / "ID_m0.png")
+    nib.save(nib.Nifti1Image(square[:, :, None].astype(np.uint8), np.eye(4)), root / "masks" / "ID_m1.nii.gz")
+    write_ct(root / "masks" / "ID_m2.dcm", square.astype(np.uint16) * 7, intercept="0")
+    Image.fromarray(np.zeros((100, 128), np.uint8)).save(root / "masks" / "ID_m3.png")  # the wrong size
+    ds = readers.read_dataset(root)
+    assert ds.slices.set_index("image_id")["has_mask"].to_dict() == {"ID_m0": True, "ID_m1": True, "ID_m2": True,
+                                                                      "ID_m3": True, "ID_m4": False}
+    summary = prepare_dataset(ds, tmp_path / "work", small_cfg(), workers=1, progress=False)
+    cache = ImageCache(tmp_path / "work")
+    for image_id in ("ID_m0", "ID_m1", "ID_m2"):
+        mask = cache.load("mask", image_id)
+        assert mask.shape == (SEG, SEG) and mask.sum() == (SEG // 2) ** 2, image_id
+    quarantine = pd.read_csv(cache.quarantine_path).set_index("image_id")
+    assert quarantine.loc["ID_m3", "reason"] == "odd_shape" and "128x100" in quarantine.loc["ID_m3", "detail"]
+    assert summary["in_cache"] == 4
+
+
+def test_thin_series_are_averaged_into_slabs_with_tilt_and_label_union(tmp_path):
+    from ichkit import readers
+    from ichkit.slabs import IN_SLAB, series_spacing
+
+    root = tmp_path / "data"
+    series = pydicom.uid.generate_uid()
+    tilt = np.deg2rad(15)  # gantry tilt: the column direction leaves the axial plane
+    orientation = [1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))]
+    normal = np.cross(orientation[:3], orientation[3:])
+    ids = [f"ID_t{i:02d}" for i in range(8)]
+    for i, image_id in enumerate(ids):  # 1.25 mm along the tilted normal -> 4 slices per 5 mm slab
+        position = tuple(np.array([-64.0, -64.0, 0.0]) + 1.25 * i * normal)
+        pixels = head_pixels(128, seed=i).astype(np.uint16) + np.uint16(10 * i)
+        write_ct(root / "stage_2_train" / f"{image_id}.dcm", pixels, series=series, position=position,
+                 orientation=orientation, thickness="1.25", patient="ID_pt")
+    labels = ["ID,Label"]
+    for image_id in ids:
+        bleed = image_id == "ID_t05"
+        labels += [f"{image_id}_{s},{int(bleed and s in ('any', 'subdural'))}" for s in
+                   ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")]
+    (root / "stage_2_train.csv").write_text("\n".join(labels) + "\n")
+    cfg = small_cfg(slab_mm=5)
+    summary = prepare_dataset(readers.read_dataset(root), tmp_path / "work", cfg, workers=1, progress=False)
+    assert summary["images_in"] == 8 and summary["in_cache"] == 8 and summary["slabs"] == 2
+
+    table = read_table(tmp_path / "work").slices.set_index("image_id")
+    assert series_spacing(table.loc[ids, "z"].tolist()) == pytest.approx(1.25)
+    assert (table.loc[ids, "status"] == IN_SLAB).all()
+    slabs = table[table["source"] == "slab"]
+    assert list(slabs.index) == ["ID_t00_slab5mm", "ID_t04_slab5mm"] and (slabs["status"] == "ok").all()
+    assert slabs.loc["ID_t00_slab5mm", "label7"] == "normal" and slabs.loc["ID_t04_slab5mm", "label7"] == "subdural"
+    cache = ImageCache(tmp_path / "work")
+    members = np.mean([cache.load("hu", i).astype(np.float64) for i in ids[4:]], axis=0)
+    np.testing.assert_allclose(cache.load("hu", "ID_t04_slab5mm"), members, atol=1.01)
+    again = prepare_dataset(readers.read_dataset(root), tmp_path / "work", cfg, workers=1, progress=False)
+    assert again["prepared_now"] == 0 and again["slabs"] == 2
+
+
+CRASHING_DECODER = '''
+import os, signal
+import ichkit.prepare as p
+_real = p._prepare_one
+def _crash(row, polygons):
+    if row["image_id"] == "ID_04ok":
+        os.kill(os.getpid(), signal.SIGSEGV)  # what a crash inside a compiled decoder does to the worker
+    return _real(row, polygons)
+p._prepare_one = _crash
+'''
+
+
+def test_a_decoder_crashing_its_worker_quarantines_that_image_only(dataset, tmp_path):
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    work, cfg = tmp_path / "work", small_cfg(chunksize=3, seg_cache="none")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASHING_DECODER)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((dataset, work, cfg)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(Path(prepare_mod.__file__).parents[1])])}
+    done = subprocess.run([sys.executable, "-c", RUN_PREPARE, str(tmp_path / "job.pkl")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    quarantine = pd.read_csv(ImageCache(work).quarantine_path).set_index("image_id")
+    assert quarantine.loc["ID_04ok", "reason"] == "decode_error" and "worker process died" in quarantine.loc["ID_04ok", "detail"]
+    assert set(quarantine.index) == set(BAD) | {"ID_04ok"}
+    assert len(pd.read_parquet(ImageCache(work).manifest_path)) == N_OK - 1
+
+
+def test_a_read_only_work_folder_names_the_path_and_the_cause(dataset, tmp_path, monkeypatch):
+    import errno
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    with pytest.raises(PrepareError, match=r"cannot write .*cache\.json: the file system is read-only"):
+        prepare_dataset(dataset, tmp_path / "work", small_cfg(), workers=1, progress=False)

@@ -574,3 +574,36 @@ def test_detect_layout_and_find_dataset(tmp_path):
     with pytest.raises(ValueError, match="unknown layout 'dicomdir'"):
         readers.read_dataset(inp / "ctich", layout="dicomdir")
 
+
+
+def test_an_images_folder_with_binary_labels(tmp_path):
+    from PIL import Image
+
+    from ichkit import readers
+
+    root = tmp_path / "pngs"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((64, 80), 40 * i, np.uint8)).save(root / f"{i:03d}.png")
+    (root / "labels.csv").write_text("id,hemorrhage\n000.png,0\n001.png,1\n002.png,0\n")
+    ds = readers.read_dataset(root)
+    assert ds.layout == "images"
+    t = ds.slices.set_index("image_id")
+    assert t["any"].tolist() == [0, 1, 0] and t.loc["ID_001", ["epidural", "subdural"]].isna().all()
+
+
+def test_a_nifti_slice_that_is_not_hounsfield_units_is_quarantined(tmp_path):
+    import nibabel as nib
+
+    from ichkit.readers.nifti import load_nifti_slice
+    from ichkit.slicedata import BadInput
+
+    volume = np.random.default_rng(0).normal(30, 10, (64, 64, 3)).astype(np.float32)
+    volume[..., 1] = np.nan  # a slice of NaNs
+    volume[..., 2] = 5e9  # not CT numbers
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "001.nii")
+    row = pd.Series({"path": "001.nii", "frame": 0, "image_id": "ID_x"})
+    assert load_nifti_slice(row, tmp_path).pixels.shape == (64, 64)
+    for frame, problem in ((1, "NaN or infinite"), (2, "constant image|outside")):
+        with pytest.raises(BadInput, match=problem):
+            load_nifti_slice(pd.Series({"path": "001.nii", "frame": frame, "image_id": "ID_x"}), tmp_path)

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ichkit.slicedata import BadInput, SliceData
+from ichkit.frames import frame_problem
+from ichkit.slicedata import BadInput, SliceData, implausible_hu
 
 MIN_SIDE = 64        # smaller than this is a localizer thumbnail or an icon, not an axial CT slice
 MAX_ASPECT = 2.0     # longer side / shorter side; axial head CT is square (512x512) or close to it
@@ -48,7 +49,12 @@ def load_dicom(path: Path | str) -> SliceData:
     """
     with _lenient_reading(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        return _load(Path(path), caught)
+        try:
+            return _load(Path(path), caught)
+        except BadInput:
+            raise
+        except Exception as exc:  # pydicom parses elements lazily: a damaged one fails when first read
+            raise BadInput(path, "bad_header", f"a header element does not parse: {type(exc).__name__}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -71,6 +77,7 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
     problem = _missing_decoder(str(tsyntax))
     if problem:
         raise BadInput(path, "no_decoder", problem)
+    _check_pixel_data(ds, tsyntax, rows, cols, path)
     pixels = _decode(ds, path)
     if pixels.ndim != 2 or pixels.shape != (rows, cols):
         raise BadInput(path, "odd_shape", f"decoded array has shape {pixels.shape}, expected ({rows}, {cols})")
@@ -78,6 +85,8 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
     notes: list[str] = []
     slope = _rescale_value(ds, "RescaleSlope", 1.0, notes)
     intercept = _rescale_value(ds, "RescaleIntercept", 0.0, notes)
+    if slope == 0:
+        raise BadInput(path, "bad_header", "RescaleSlope is 0: every pixel would be the intercept")
     if (
         ds.get("BitsStored") == 12
         and ds.get("PixelRepresentation") == 0
@@ -95,8 +104,16 @@ def _load(path: Path, caught: list[warnings.WarningMessage]) -> SliceData:
         "instance_number": _int_or_none(ds.get("InstanceNumber")),
         "pixel_spacing": _first_float(ds.get("PixelSpacing")),
         "slice_thickness": _first_float(ds.get("SliceThickness")),
+        "sop_uid": _text(ds, "SOPInstanceUID"),
     }
+    stem = path.name[:-4] if path.name.lower().endswith(".dcm") else path.name
+    if meta["sop_uid"].startswith("ID_") and stem.startswith("ID_") and meta["sop_uid"] != stem:
+        # RSNA-style files are named after their SOPInstanceUID; a mismatch means a renamed or copied file
+        notes.append(f"name_mismatch: file {path.name}, SOPInstanceUID {meta['sop_uid']}")
     meta["z"] = _slice_z(ds, meta, notes)
+    problem = implausible_hu(pixels, slope, intercept)
+    if problem:
+        raise BadInput(path, "implausible_hu", problem)
     return SliceData(pixels=pixels, slope=slope, intercept=intercept, meta=meta, notes=notes)
 
 
@@ -199,14 +216,61 @@ def _missing_decoder(tsyntax: str) -> str | None:
     return None
 
 
+def _check_pixel_data(ds: Any, tsyntax: Any, rows: int, cols: int, path: Path) -> None:
+    """The pixel data fits the header: native data is Rows x Columns x BitsAllocated/8 bytes (a sheared
+    image has other Rows/Columns), an encapsulated frame is one complete codestream (see frames.py)."""
+    bits = int(ds.BitsAllocated)
+    if bits not in (8, 16, 32):
+        raise BadInput(path, "bad_header", f"BitsAllocated {bits}, expected 8, 16 or 32 for CT")
+    raw = ds.get_item("PixelData")
+    length, value = getattr(raw, "length", None), getattr(raw, "value", None)
+    if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+        raise BadInput(path, "truncated", f"file ends inside the pixel data ({len(value)} of {length} bytes)")
+    elem = ds["PixelData"]
+    if not tsyntax.is_encapsulated:
+        # (a file cut inside the pixel data was caught above: here the element is whole but the tags disagree)
+        have, want = len(ds.PixelData), rows * cols * bits // 8
+        if have < want or have > want + 1:  # one pad byte makes an odd length even
+            raise BadInput(path, "bad_header", f"Pixel Data holds {have} bytes, Rows x Columns x BitsAllocated/8 "
+                                                f"= {rows}x{cols}x{bits // 8} = {want}: Rows/Columns do not match")
+        return
+    if not getattr(elem, "is_undefined_length", True):
+        raise BadInput(path, "bad_header", "compressed transfer syntax but Pixel Data is not encapsulated")
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:
+        raise BadInput(path, "decode_error", f"encapsulated Pixel Data does not split into frames: {exc}") from None
+    problem = frame_problem(frame, str(tsyntax), segments_expected=bits // 8 * int(ds.get("SamplesPerPixel") or 1),
+                            pixels=rows * cols)
+    if problem:
+        raise BadInput(path, "decode_error", problem)
+
+
+# pydicom warns, and still returns an image, when a compressed frame decodes to more data than the image holds
+_DECODED_LENGTH_WARNINGS = ("non-conformant padding", "doesn't match the expected")
+
+
 def _decode(ds: Any, path: Path) -> np.ndarray:
     try:
-        return ds.pixel_array
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pixels = ds.pixel_array
+        for w in caught:
+            if any(text in str(w.message) for text in _DECODED_LENGTH_WARNINGS):
+                raise BadInput(path, "decode_error", f"frame decodes to the wrong length: {w.message}")
+        return pixels
+    except BadInput:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except ValueError as exc:
         if "less than expected" in str(exc):
             raise BadInput(path, "truncated", "pixel data shorter than Rows x Columns x BitsAllocated") from None
         raise BadInput(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
-    except Exception as exc:
+    except BaseException as exc:  # compiled decoders raise their own types (pyo3's PanicException is a
+        # BaseException that `except Exception` misses and that cannot be pickled back from a worker)
         raise BadInput(path, "decode_error", f"{type(exc).__name__}: {exc}") from None
 
 

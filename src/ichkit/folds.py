@@ -23,10 +23,13 @@ import numpy as np
 import pandas as pd
 
 from ichkit.files import write_text_atomic
-from ichkit.labels import CLASSES7
 from ichkit.errors import IchkitError
+from ichkit.labels import CLASSES7, SUBTYPES
 
 FOLD_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "fold")
+# stratification groups: the 7 classes, plus bleeds of a binary label file (any=1, subtypes unknown)
+ANY_UNKNOWN_SUBTYPE = "any_subtype_unknown"
+STRATA: tuple[str, ...] = (*CLASSES7, ANY_UNKNOWN_SUBTYPE)
 
 
 class FoldsError(IchkitError):
@@ -65,7 +68,11 @@ def make_folds(slices: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
         raise FoldsError(f"k must be at least 2, got {k}")
     train = training_slices(slices)
     if train.empty:
-        raise FoldsError("the table has no training images with status ok: run `ichkit prepare` first")
+        if not (slices["split"] == "train").any():
+            raise FoldsError(f"the table holds no labelled images: all {len(slices)} are in the test split (an "
+                             "inference dataset, e.g. a bare DICOM folder); folds need a labelled training split")
+        raise FoldsError("the table has no training images with status ok: run `ichkit prepare` first "
+                         "(or see cache/quarantine.csv: every training image may have been quarantined)")
     train = train.sort_values("image_id", kind="stable").reset_index(drop=True)
     image_ids = train["image_id"].astype(str).to_numpy()
 
@@ -77,13 +84,15 @@ def make_folds(slices: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
             f"(e.g. {image_ids[np.flatnonzero(no_patient.to_numpy())[0]]}); folds must be grouped by patient "
             "so that slices of one head never sit on both sides of a split: fix the reader or the table"
         )
-    label = train["label7"]
-    bad_label = label.isna() | ~label.isin(CLASSES7)
+    # binary labels (any known, subtypes not): those bleeds are stratified as one group of their own
+    binary_bleed = train["label7"].isna() & (train["any"] == 1).fillna(False) & train[list(SUBTYPES)].isna().all(axis=1)
+    label = train["label7"].astype("string").mask(binary_bleed, ANY_UNKNOWN_SUBTYPE)
+    bad_label = label.isna() | ~label.isin(STRATA)
     if bad_label.any():
         first = np.flatnonzero(bad_label.to_numpy())[0]
         raise FoldsError(
             f"{int(bad_label.sum())} training images have no valid label7 (e.g. {image_ids[first]}: "
-            f"{label.iloc[first]!r}); expected one of {list(CLASSES7)}"
+            f"{label.iloc[first]!r}); expected one of {list(CLASSES7)} (or any=1 for binary labels)"
         )
     patient_ids = patient.astype(str).to_numpy()
     n_patients = len(np.unique(patient_ids))
@@ -93,7 +102,7 @@ def make_folds(slices: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
             f"(e.g. --k {max(2, n_patients)}) or add data"
         )
 
-    class_index = pd.Categorical(label.astype(str), categories=CLASSES7).codes.astype(np.int64)
+    class_index = pd.Categorical(label.astype(str), categories=STRATA).codes.astype(np.int64)
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer *slices* than k; the relevant count is patients, which
         # `_warn_rare_classes` reports below in those terms.
@@ -104,7 +113,7 @@ def make_folds(slices: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
             fold[held_out] = f
 
     patients, patient_of_row = np.unique(patient_ids, return_inverse=True)
-    counts = np.zeros((len(patients), len(CLASSES7)), dtype=np.int64)
+    counts = np.zeros((len(patients), len(STRATA)), dtype=np.int64)
     np.add.at(counts, (patient_of_row, class_index), 1)
     patient_fold = np.zeros(len(patients), dtype=np.int64)
     patient_fold[patient_of_row] = fold
@@ -183,7 +192,7 @@ def _spread_classes_over_folds(counts: np.ndarray, patient_fold: np.ndarray, k: 
 
 def _warn_rare_classes(counts: np.ndarray, patient_fold: np.ndarray, k: int) -> None:
     n_carriers = (counts > 0).sum(axis=0)
-    for c, name in enumerate(CLASSES7):
+    for c, name in enumerate(STRATA):
         folds_with = np.unique(patient_fold[counts[:, c] > 0])
         if 0 < len(folds_with) < k:
             why = (f"carried by only {n_carriers[c]} patient{'s' if n_carriers[c] != 1 else ''}" if n_carriers[c] < k

@@ -60,8 +60,10 @@ def seven_class_column(df: pd.DataFrame) -> pd.Series:
     n_pos = sub.sum(axis=1)
     bad = ((anyv == 0) & (n_pos > 0)) | ((anyv == 1) & (n_pos == 0))
     if bad.any():
-        first = df.index[np.flatnonzero(bad)[0]]
-        raise ValueError(f"{int(bad.sum())} rows with `any` inconsistent with the subtypes (first: {first})")
+        i = np.flatnonzero(bad)[0]
+        first = df["image_id"].iloc[i] if "image_id" in df.columns else df.index[i]
+        state = "any=0 but a subtype is set" if anyv[i] == 0 else "any=1 but no subtype is set"
+        raise ValueError(f"{int(bad.sum())} images with `any` inconsistent with the subtypes (first: {first}: {state})")
     out = np.full(len(df), "normal", dtype=object)
     single = n_pos == 1
     out[single] = np.asarray(SUBTYPES, dtype=object)[sub[single].argmax(axis=1)]
@@ -81,21 +83,51 @@ def parse_binary(value: str, path: Path, line: int) -> int:
     return int(f)
 
 
+def detect_encoding(path: Path) -> str:
+    """`utf-16` for a file starting with a UTF-16 byte-order mark, else `utf-8-sig` (UTF-8 with or without BOM).
+
+    UTF-16 without a BOM is refused: it cannot be told from binary data reliably; the error says so.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if len(head) >= 4 and head[1::2].count(0) > len(head) // 4 and not head.startswith(b"\xef\xbb\xbf"):
+        raise LabelFileError(path, 1, "looks like UTF-16 without a byte-order mark; save it as UTF-8 "
+                                      "(or UTF-16 with a BOM)")
+    return "utf-8-sig"
+
+
+def _decoded_lines(fh, path: Path, encoding: str) -> Iterator[str]:
+    line = 0
+    while True:
+        try:
+            text = fh.readline()
+        except UnicodeDecodeError as exc:
+            raise LabelFileError(path, line + 1, f"not valid {encoding} text ({exc.reason} at byte {exc.start} of the block)") from None
+        if not text:
+            return
+        line += text.count("\n") or 1
+        yield text
+
+
 @contextmanager
 def open_label_csv(path: Path | str) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
     """Open a label-like CSV: yields (header, rows); rows gives (line number, fields) per data row.
 
     The header is stripped; blank rows are skipped; a row whose field count differs from the header's
     raises LabelFileError. Line numbers are the line a row starts on, also after quoted cells that span
-    lines. A UTF-8 byte-order mark (spreadsheet exports) is ignored.
+    lines. The encoding is detected (`detect_encoding`: UTF-8 with or without BOM, UTF-16 with BOM); a
+    byte sequence that does not decode raises LabelFileError naming the file and line.
 
         with open_label_csv(path) as (header, rows):
             ...check header...
             for line, fields in rows: ...
     """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    encoding = detect_encoding(path)
+    with open(path, newline="", encoding=encoding) as fh:
+        reader = csv.reader(_decoded_lines(fh, path, encoding))
         header = [h.strip() for h in next(reader, [])]
 
         def rows() -> Iterator[tuple[int, list[str]]]:
@@ -139,15 +171,18 @@ def read_rsna_long_labels(path: Path | str) -> pd.DataFrame:
     """
     path = Path(path)
     rows: dict[str, dict[str, int]] = {}
+    first_line: dict[str, int] = {}
     for lineno, image_id, subtype, value in iter_long_rows(path):
         labels = rows.setdefault(image_id, {})
+        first_line.setdefault(image_id, lineno)
         if subtype in labels:
             raise LabelFileError(path, lineno, f"duplicate row for {image_id}_{subtype}")
         labels[subtype] = parse_binary(value, path, lineno)
     for image_id, labels in rows.items():
         missing = set(RSNA_LABELS) - labels.keys()
         if missing:
-            raise LabelFileError(path, None, f"image {image_id} lacks labels {sorted(missing)}")
+            raise LabelFileError(path, first_line[image_id], f"image {image_id} lacks labels {sorted(missing)}")
+        _check_consistent([labels[c] for c in RSNA_LABELS], image_id, path, first_line[image_id])
     df = pd.DataFrame.from_dict(rows, orient="index", columns=list(RSNA_LABELS)).astype("int8")
     df.index.name = "image_id"
     return df.reset_index()
@@ -176,10 +211,54 @@ def read_wide_labels(path: Path | str, id_column: str = "Image") -> pd.DataFrame
             image_id = normalize_image_id(rec[pos[id_column]])
             if image_id in out:
                 raise LabelFileError(path, lineno, f"duplicate image {image_id}")
-            out[image_id] = [parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
+            values = [parse_binary(rec[pos[c]], path, lineno) for c in RSNA_LABELS]
+            _check_consistent(values, image_id, path, lineno)
+            out[image_id] = values
     df = pd.DataFrame.from_dict(out, orient="index", columns=list(RSNA_LABELS)).astype("int8")
     df.index.name = "image_id"
     return df.reset_index()
+
+
+def _check_consistent(values: list[int], image_id: str, path: Path, line: int | None) -> None:
+    """`any` (values[0]) agrees with the five subtypes, else LabelFileError naming file:line and the id."""
+    n_sub = sum(values[1:])
+    if values[0] == 0 and n_sub:
+        raise LabelFileError(path, line, f"{image_id}: any=0 but subtypes {[s for s, v in zip(SUBTYPES, values[1:]) if v]} are set")
+    if values[0] == 1 and not n_sub:
+        raise LabelFileError(path, line, f"{image_id}: any=1 but no subtype is set (for any-only labels, give the "
+                                         "file only an id column and `any` or `hemorrhage`: the binary task)")
+
+
+# value columns of a binary label file (public image sets): one hemorrhage yes/no per image
+BINARY_COLUMNS: tuple[str, ...] = ("hemorrhage", "any")
+
+
+def read_binary_labels(path: Path | str, id_column: str, value_column: str) -> pd.DataFrame:
+    """A binary label CSV (`id,hemorrhage` or `Image,any`) -> image_id, RSNA_LABELS (Int8), label7.
+
+    `any` is the file's value; the five subtypes are unknown (<NA>, not 0); label7 is `normal` where any
+    is 0 and <NA> (a bleed of unknown subtype) where it is 1: such data serves the binary task. Errors name
+    file:line and the image id.
+    """
+    path = Path(path)
+    out: dict[str, int] = {}
+    with open_label_csv(path) as (header, rows):
+        i_id, i_value = header.index(id_column), header.index(value_column)
+        for lineno, rec in rows:
+            if not rec[i_id].strip():
+                raise LabelFileError(path, lineno, f"empty {id_column}")
+            image_id = normalize_image_id(Path(rec[i_id].strip()).name)
+            if image_id in out:
+                raise LabelFileError(path, lineno, f"{image_id}: duplicate image")
+            try:
+                out[image_id] = parse_binary(rec[i_value], path, lineno)
+            except LabelFileError as exc:
+                raise LabelFileError(path, lineno, f"{image_id}: {exc.problem}") from None
+    df = pd.DataFrame({"image_id": list(out), "any": pd.array(list(out.values()), dtype="Int8")})
+    for s in SUBTYPES:
+        df[s] = pd.array([pd.NA] * len(df), dtype="Int8")
+    df["label7"] = pd.array(np.where(df["any"].to_numpy(dtype=np.int64) == 0, "normal", None), dtype="string")
+    return df
 
 
 def normalize_image_id(raw: str) -> str:

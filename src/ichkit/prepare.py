@@ -18,12 +18,12 @@ import argparse
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ichkit.cache import KINDS, ImageCache
+from ichkit.labels import RSNA_LABELS
 from ichkit.files import atomic_path
 from ichkit.slicedata import BadInput
 from ichkit.errors import IchkitError
+from ichkit.slabs import IN_SLAB, SLAB_SOURCE
+from ichkit.workers import WorkerSettingError, process_pool, sigterm_as_interrupt, worker_count
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that `ichkit --help` stays fast
     import pandas as pd
@@ -58,12 +61,16 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "slice_thickness": "float64",
     "seg": "bool",               # a seg image was cached
     "mask": "bool",              # a mask was cached
+    "sop_uid": "string",         # SOPInstanceUID ("" where the file has none)
+    "content_hash": "string",    # blake2b-128 of the input file's bytes: byte-identical copies are duplicates
 }
 QUARANTINE_COLUMNS = ["image_id", "path", "reason", "detail"]
 # table columns taken from what the file itself says, where it says anything
 META_COLUMNS = ("patient_id", "study_id", "series_id", "z", "instance_number", "pixel_spacing", "slice_thickness")
 SEG_CACHE_CHOICES = ("all", "masked_and_test", "none")
 CACHE_FORMAT = 1
+# what the workers run, imported once in the fork server rather than once per worker
+WORKER_PRELOAD = ("cv2", "pydicom.pixels", "ichkit.dicom", "ichkit.readers", "ichkit.windows", "ichkit.prepare")
 
 
 class PrepareError(IchkitError):
@@ -94,10 +101,10 @@ class Settings:
             if not (math.isfinite(center) and width > 0):
                 raise PrepareError(f"prepare.windows.{name} must be [center, width > 0] in HU, got {pair!r}")
             parsed[str(name)] = (center, width)
-        seg_cache = str(section.get("seg_cache", "masked_and_test"))
+        seg_cache = str(_setting(section, "seg_cache", str))
         if seg_cache not in SEG_CACHE_CHOICES:
             raise PrepareError(f"prepare.seg_cache must be one of {', '.join(SEG_CACHE_CHOICES)}, got {seg_cache!r}")
-        sizes = {k: int(section.get(k, d)) for k, d in (("cls_size", 256), ("seg_size", 512))}
+        sizes = {k: _setting(section, k) for k in ("cls_size", "seg_size")}
         for key, value in sizes.items():
             if value < 8:
                 raise PrepareError(f"prepare.{key} must be at least 8, got {value}")
@@ -131,6 +138,16 @@ class Settings:
         return False
 
 
+def _setting(section: dict, key: str, kind: type = int) -> Any:
+    """prepare.<key> as `kind`; its default lives in default.yaml only, so a missing key is an error."""
+    if key not in section:
+        raise PrepareError(f"prepare.{key} is not set (default.yaml defines it; was the prepare section replaced?)")
+    try:
+        return kind(section[key])
+    except (TypeError, ValueError):
+        raise PrepareError(f"prepare.{key} must be {kind.__name__}, got {section[key]!r}") from None
+
+
 # ----------------------------------------------------------------------------------------------- workers
 # Set once per worker process by `_init_worker` so that chunks carry only their rows.
 _WORKER: dict[str, Any] = {}
@@ -156,9 +173,12 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
     image_id = str(row["image_id"])
     path = root / str(row["path"])
     try:
-        if not path.exists():
-            raise BadInput(path, "file_not_found", "no such file")
-        sl = readers.load_slice(row, root, channels=list(settings.windows))
+        if row["source"] == SLAB_SOURCE:
+            members = row["member_rows"]
+            sl = _load_slab(members, root)
+        else:
+            _check_path(path)
+            sl = readers.load_slice(row, root, channels=list(settings.windows))
         img = apply_windows(sl, settings.window_list)
         brain_window, brain_channel = settings.brain
         arrays = {
@@ -168,19 +188,31 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
         if settings.wants_seg(row):
             arrays["seg"] = resize(img, settings.seg_size)
         if bool(row["has_mask"]):
-            mask = readers.load_mask(row, root, polygons, settings.seg_size, settings.seg_size)
+            # at the image's own size, then letterboxed and resized exactly like the image
+            if row["source"] == SLAB_SOURCE:  # the union of the members' masks
+                masks = [readers.load_mask(m, root, row["member_polygons"].get(m["image_id"], []), img.shape[0],
+                                           img.shape[1]) for m in row["member_rows"] if m["has_mask"]]
+                mask = np.maximum.reduce([m for m in masks if m is not None]) if any(m is not None for m in masks) else None
+            else:
+                mask = readers.load_mask(row, root, polygons, img.shape[0], img.shape[1])
             if mask is not None:
-                arrays["mask"] = mask
+                arrays["mask"] = resize(mask, settings.seg_size, mask=True)
     except BadInput as exc:
         return {"quarantine": {"image_id": image_id, "path": exc.path, "reason": exc.reason,
                                "detail": _one_line(exc.detail)}}
-    except Exception as exc:  # one bad file must never stop the run; it is recorded instead
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # one bad file must never stop the run, whatever it raises (compiled
+        # decoders raise BaseException subclasses); only the class name and text travel back, so it pickles
         detail = _one_line(f"{type(exc).__name__}: {exc}")
         return {"quarantine": {"image_id": image_id, "path": str(path), "reason": "unexpected", "detail": detail}}
     # saved only once everything decoded (a failing mask leaves no half-prepared image behind), and outside
     # the guard: a cache that cannot be written (disk full) must stop the run, not quarantine every input
     for kind, array in arrays.items():
-        cache.save(kind, image_id, array)
+        try:
+            cache.save(kind, image_id, array)
+        except OSError as exc:
+            raise PrepareError(_write_failure(cache.path(kind, image_id), exc)) from None
     meta = sl.meta
     return {"ok": {
         "image_id": image_id,
@@ -194,7 +226,58 @@ def _prepare_one(row: dict[str, Any], polygons: list[np.ndarray]) -> dict[str, A
         **{k: _jsonable(meta.get(k)) for k in META_COLUMNS},
         "seg": "seg" in arrays,
         "mask": "mask" in arrays,
+        "sop_uid": str(meta.get("sop_uid") or ""),
+        "content_hash": _file_hash(path),
     }}
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    """What stops the run when the cache cannot be written: the path and the cause in words."""
+    import errno
+
+    causes = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+    cause = causes.get(exc.errno, f"{type(exc).__name__}: {exc.strerror or exc}")
+    return (f"cannot write {path}: {cause}. Everything prepared so far is kept; free space or "
+            "fix the folder and run prepare again to continue")
+
+
+def _file_hash(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _load_slab(members: list[dict[str, Any]], root: Path) -> Any:
+    from ichkit import readers
+    from ichkit.slabs import average_slices
+
+    slices = []
+    for m in members:
+        _check_path(root / str(m["path"]))
+        slices.append(readers.load_slice(m, root))
+    try:
+        return average_slices(slices)
+    except ValueError as exc:
+        raise BadInput(root / str(members[0]["path"]), "odd_shape", f"slab of {len(members)} slices: {exc}") from None
+
+
+def _check_path(path: Path) -> None:
+    """BadInput with the precise reason a path cannot be opened (a link loop is not "no such file")."""
+    import errno
+
+    try:
+        path.stat()
+    except FileNotFoundError:
+        reason = "a dangling symbolic link" if path.is_symlink() else "no such file"
+        raise BadInput(path, "file_not_found", reason) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInput(path, "unreadable", "symbolic link loop") from None
+        raise BadInput(path, "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise BadInput(path, "unreadable", "a folder, not a file")
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -306,7 +389,10 @@ def prepare_dataset(
     settings = Settings.from_config(cfg)
     _check_work_folder(work, root)
     cache = ImageCache(work)
-    _check_or_reset_cache(cache, settings, force)
+    try:
+        _check_or_reset_cache(cache, settings, force)
+    except OSError as exc:
+        raise PrepareError(_write_failure(Path(exc.filename or cache.root), exc)) from None
     records = _Records(cache)
 
     slices = conform(ds.slices)
@@ -323,9 +409,13 @@ def prepare_dataset(
     masked = ds.polygons["image_id"].isin(set(todo.loc[todo["has_mask"], "image_id"]))
     polygons = polygons_by_image(ds.polygons[masked])
 
-    chunksize = max(1, int(cfg.get("prepare", {}).get("chunksize", 16)))
+    chunksize = max(1, _setting(cfg.get("prepare", {}), "chunksize"))
     chunks = [todo.iloc[i : i + chunksize] for i in range(0, len(todo), chunksize)]
-    n_workers = _worker_count(workers, cfg, len(chunks))
+    setting = cfg.get("prepare", {}).get("workers") if workers is None else workers
+    try:
+        n_workers = worker_count(setting, jobs=len(chunks), key="prepare.workers" if workers is None else "--workers")
+    except WorkerSettingError as exc:
+        raise PrepareError(str(exc)) from None
     ok_now: list[dict] = []
     quarantined_now: list[dict] = []
     started = time.perf_counter()
@@ -333,7 +423,10 @@ def prepare_dataset(
         for results in _run_chunks(chunks, polygons, root, work, settings, n_workers):
             ok = [r["ok"] for r in results if "ok" in r]
             bad = [r["quarantine"] for r in results if "quarantine" in r]
-            records.append(ok, bad)
+            try:
+                records.append(ok, bad)
+            except OSError as exc:
+                raise PrepareError(_write_failure(Path(exc.filename or cache.root), exc)) from None
             ok_now += ok
             quarantined_now += bad
             bar.update(len(results))
@@ -348,19 +441,35 @@ def prepare_dataset(
     if quarantined_now:
         quarantine = pd.concat([quarantine, pd.DataFrame(quarantined_now, dtype="string")], ignore_index=True)
     quarantine = quarantine[~quarantine["image_id"].isin(ok_ids)].drop_duplicates("image_id", keep="last")
+    duplicates = _find_duplicates(manifest[manifest["image_id"].isin(set(ids))], slices, root)
+    if duplicates:
+        for record in duplicates:
+            for kind in KINDS:
+                cache.path(kind, record["image_id"]).unlink(missing_ok=True)
+        dup_ids = {r["image_id"] for r in duplicates}
+        manifest = manifest[~manifest["image_id"].isin(dup_ids)]
+        quarantine = pd.concat([quarantine, pd.DataFrame(duplicates, dtype="string")], ignore_index=True)
+        quarantined_now += duplicates
     records.consolidate(manifest, quarantine)
 
-    slices = _fill_from_manifest(slices, manifest, quarantine)
-    unaccounted = slices.loc[slices["status"] == "pending", "image_id"]
+    slices = _fill_from_manifest(slices, manifest, quarantine, root)
+    unaccounted = slices.loc[slices["status"] == "pending", "image_id"]  # (before slabs join the table)
     if len(unaccounted):
         raise AssertionError(f"{len(unaccounted)} input ids are neither cached nor quarantined, e.g. {unaccounted.iloc[0]}")
+    n_inputs = len(slices)
+    slab_mm = cfg.get("prepare", {}).get("slab_mm")
+    if slab_mm:
+        slices, manifest, quarantine = _prepare_slabs(
+            slices, ds.polygons, float(slab_mm), records, manifest, quarantine, root, work, settings, n_workers, cache,
+            chunksize)
     table = write_table(Dataset(root=root, layout=ds.layout, slices=slices, polygons=ds.polygons), work)
 
     in_ds = manifest[manifest["image_id"].isin(set(ids))]
     q_in_ds = quarantine[quarantine["image_id"].isin(set(ids))]
     notes = Counter(note.split(":", 1)[0].strip() for text in in_ds["notes"] for note in str(text).split("; ") if note)
     summary = {
-        "images_in": len(slices),
+        "images_in": n_inputs,
+        "slabs": int((slices["source"] == SLAB_SOURCE).sum()),
         "prepared_now": len(ok_now),
         "quarantined_now": len(quarantined_now),
         "skipped_done": int(ids.isin(done).sum()),
@@ -382,6 +491,78 @@ def prepare_dataset(
     if progress:
         print(format_summary(summary))
     return summary
+
+
+def _prepare_slabs(slices: pd.DataFrame, polygon_frame: pd.DataFrame, slab_mm: float, records: _Records,
+                   manifest: pd.DataFrame, quarantine: pd.DataFrame, root: Path, work: Path, settings: Settings,
+                   n_workers: int, cache: ImageCache, chunksize: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Average the thin series into slabs (see slabs.py): cache each slab, add its row, mark members in_slab."""
+    import pandas as pd
+
+    from ichkit.labels import seven_class_column
+    from ichkit.readers.polygons import polygons_by_image
+    from ichkit.slabs import members_of, plan_slabs, slab_rows
+    from ichkit.table import conform
+
+    plan = plan_slabs(slices, slab_mm)
+    if plan.empty:
+        return slices, manifest, quarantine
+    rows = conform(slab_rows(plan, slices))
+    known = rows[list(RSNA_LABELS)].notna().all(axis=1)
+    rows.loc[known, "label7"] = seven_class_column(rows.loc[known, list(RSNA_LABELS)].astype("int64")).astype("string")
+    done = _complete_ids(manifest, cache)
+    todo = rows[~rows["image_id"].isin(done)].copy()
+    by_id = slices.set_index("image_id", drop=False)
+    polygons = polygons_by_image(polygon_frame)
+    member_rows, member_polys = [], []
+    for extra in todo["extra_paths"]:
+        members = members_of({"extra_paths": extra})
+        member_rows.append([{k: by_id.at[m, k] for k in ("image_id", "path", "source", "frame", "extra_paths",
+                                                         "mask_path", "has_mask")} for m in members])
+        member_polys.append({m: polygons[m] for m in members if m in polygons})
+    todo["member_rows"], todo["member_polygons"] = member_rows, member_polys
+    chunks = [todo.iloc[i : i + chunksize] for i in range(0, len(todo), chunksize)]
+    ok_now, bad_now = [], []
+    for results in _run_chunks(chunks, {}, root, work, settings, max(1, min(n_workers, len(chunks)))):
+        ok = [r["ok"] for r in results if "ok" in r]
+        bad = [r["quarantine"] for r in results if "quarantine" in r]
+        records.append(ok, bad)
+        ok_now += ok
+        bad_now += bad
+    if ok_now:
+        manifest = pd.concat([manifest, _conform_manifest(pd.DataFrame(ok_now))], ignore_index=True)
+    if bad_now:
+        quarantine = pd.concat([quarantine, pd.DataFrame(bad_now, dtype="string")], ignore_index=True)
+    bad_ids = {r["image_id"] for r in bad_now}
+    manifest = manifest[~manifest["image_id"].isin(bad_ids)].drop_duplicates("image_id", keep="last")
+    quarantine = quarantine[~quarantine["image_id"].isin(set(manifest["image_id"]))].drop_duplicates("image_id", keep="last")
+    records.consolidate(manifest, quarantine)
+
+    ok_slabs = rows["image_id"].isin(set(manifest["image_id"]))
+    rows["status"] = np.where(ok_slabs, "ok", "quarantined")
+    in_slab = {m for extra in rows.loc[ok_slabs, "extra_paths"] for m in members_of({"extra_paths": extra})}
+    out = slices.copy()
+    out.loc[out["image_id"].isin(in_slab), "status"] = IN_SLAB
+    return pd.concat([out, rows[out.columns]], ignore_index=True), manifest, quarantine
+
+
+def _find_duplicates(manifest: pd.DataFrame, slices: pd.DataFrame, root: Path) -> list[dict[str, str]]:
+    """Quarantine records for the second and later images of each SOPInstanceUID or file content; the
+    first image id (sorted) is kept, so the choice does not depend on worker timing."""
+    paths = dict(zip(slices["image_id"], slices["path"]))
+    out: dict[str, dict[str, str]] = {}
+    ordered = manifest.sort_values("image_id", kind="stable")
+    for column, what in (("content_hash", "byte-identical to"), ("sop_uid", "same SOPInstanceUID as")):
+        keep: dict[str, str] = {}
+        for image_id, key in zip(ordered["image_id"], ordered[column]):
+            if not key or image_id in out:
+                continue
+            first = keep.setdefault(key, image_id)
+            if first != image_id:
+                out[image_id] = {"image_id": image_id, "path": str(root / str(paths.get(image_id, ""))),
+                                 "reason": "duplicate",
+                                 "detail": f"{what} {first} ({paths.get(first, '')}), which is kept"}
+    return list(out.values())
 
 
 def _check_work_folder(work: Path, root: Path) -> None:
@@ -415,21 +596,14 @@ def _check_or_reset_cache(cache: ImageCache, settings: Settings, force: bool) ->
 
 
 def _complete_ids(manifest: pd.DataFrame, cache: ImageCache) -> set[str]:
-    """Ids in the manifest whose every cached file still exists (a deleted file re-prepares that id)."""
+    """Ids in the manifest whose every cached file exists and is whole (a deleted or damaged file, e.g. one
+    truncated by a full disk, re-prepares that id)."""
     done = set()
     for image_id, seg, mask in zip(manifest["image_id"], manifest["seg"], manifest["mask"]):
         kinds = ["cls", "hu"] + (["seg"] if seg else []) + (["mask"] if mask else [])
-        if all(cache.has(kind, image_id) for kind in kinds):
+        if all(cache.has(kind, image_id) and cache.problem(kind, image_id) is None for kind in kinds):
             done.add(image_id)
     return done
-
-
-def _worker_count(workers: int | None, cfg: dict, n_chunks: int) -> int:
-    """`workers` (else prepare.workers; 0 = all cores), never more than there are chunks to share."""
-    n = int(cfg.get("prepare", {}).get("workers", 0) if workers is None else workers)
-    if n < 0:
-        raise PrepareError(f"workers must be >= 0 (0 = all cores), got {n}")
-    return max(1, min(n or os.cpu_count() or 1, n_chunks))
 
 
 def _run_chunks(
@@ -446,48 +620,101 @@ def _run_chunks(
 
     if workers == 1:
         _init_worker(str(root), str(work), settings)
-        for chunk in chunks:
-            yield _prepare_chunk(chunk, polys(chunk))
+        with sigterm_as_interrupt():
+            for chunk in chunks:
+                yield _prepare_chunk(chunk, polys(chunk))
         return
-    _preload()
-    pending = iter(chunks)
-    in_flight: set[Future] = set()
-    # keep a few chunks queued per worker: enough to stay busy, without pickling the whole table up front
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(root), str(work), settings)) as pool:
+    pending = list(chunks)
+    pending.reverse()  # popped from the end, in order
+    initargs = (str(root), str(work), settings)
+    while pending:
+        lost: list[pd.DataFrame] = []
+        in_flight: dict[Future, pd.DataFrame] = {}
+        # keep a few chunks queued per worker: enough to stay busy, without pickling the whole table up front.
+        # Interrupted (Ctrl-C, SIGTERM, or the caller stopped), the pool drops queued chunks instead of finishing them.
+        with process_pool(workers, initializer=_init_worker, initargs=initargs, preload=WORKER_PRELOAD) as pool:
+            try:
+                while pending or in_flight:
+                    while pending and len(in_flight) < 4 * workers:
+                        chunk = pending.pop()
+                        in_flight[pool.submit(_prepare_chunk, chunk, polys(chunk))] = chunk
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        chunk = in_flight.pop(future)
+                        try:
+                            results = future.result()
+                        except BrokenProcessPool:
+                            lost.append(chunk)
+                            continue
+                        yield results
+            except BrokenProcessPool:  # raised by submit once a worker has died
+                pass
+            lost += list(in_flight.values())
+        # a worker died (a compiled decoder crashed the process): the chunks it may have held are retried
+        # one image per process, so that only the image that kills its process is quarantined
+        for chunk in lost:
+            for i in range(len(chunk)):
+                yield _prepare_isolated(chunk.iloc[i : i + 1], polys(chunk), initargs)
+
+
+def _prepare_isolated(row: pd.DataFrame, polygons: dict[str, list[np.ndarray]], initargs: tuple) -> list[dict]:
+    """One image in a process of its own: its results, or a quarantine record if the process dies."""
+    with process_pool(1, initializer=_init_worker, initargs=initargs, preload=WORKER_PRELOAD) as pool:
         try:
-            while True:
-                while len(in_flight) < 4 * workers:
-                    chunk = next(pending, None)
-                    if chunk is None:
-                        break
-                    in_flight.add(pool.submit(_prepare_chunk, chunk, polys(chunk)))
-                if not in_flight:
-                    return
-                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        except BaseException:
-            # interrupted (Ctrl-C, or the caller stopped): drop queued chunks instead of finishing them
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+            return pool.submit(_prepare_chunk, row, polygons).result()
+        except BrokenProcessPool:
+            pass
+    image_id = str(row["image_id"].iloc[0])
+    path = str(Path(initargs[0]) / str(row["path"].iloc[0]))
+    return [{"quarantine": {"image_id": image_id, "path": path, "reason": "decode_error",
+                            "detail": "the worker process died while decoding it (a crash in a compiled decoder)"}}]
 
 
-def _preload() -> None:
-    """Import what the workers run before forking them, so that each does not import it again."""
-    import cv2  # noqa: F401
-    import pydicom.pixels  # noqa: F401
+def _group_without_patient_id(out: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Images whose file and reader give no patient (secondary captures often have no PatientID) are
+    grouped by the next source that has a value: `patients.csv` -> StudyInstanceUID -> SeriesInstanceUID ->
+    the image alone (with a loud warning: its slices may then fall in different folds)."""
+    import logging
 
-    from ichkit import dicom, readers, windows  # noqa: F401
+    from ichkit.readers.common import PATIENTS_CSV, read_patient_map
+
+    log = logging.getLogger("ichkit.prepare")
+    empty = out["patient_id"].fillna("").astype(str).str.strip() == ""
+    if not empty.any():
+        return out
+    patients_csv = root / PATIENTS_CSV
+    mapping = read_patient_map(patients_csv) if patients_csv.is_file() else {}
+    sources = [("patients.csv", out["image_id"].map(mapping)), ("study", out["study_id"]),
+               ("series", out["series_id"]), ("image", out["image_id"])]
+    counts = {}
+    for name, values in sources:
+        values = values.astype("string").fillna("").astype(str)
+        use = empty & (values.str.strip() != "")
+        out.loc[use, "patient_id"] = (values[use] if name in ("patients.csv", "image") else name + ":" + values[use])
+        out.loc[use, "patient_source"] = name
+        counts[name] = int(use.sum())
+        empty &= ~use
+    log.warning("%d images have no PatientID; grouped for the folds by %s", sum(counts.values()),
+                ", ".join(f"{k}: {v}" for k, v in counts.items() if v))
+    if counts.get("image"):
+        log.warning("%d images have no PatientID, patients.csv entry, study or series: each is its own group, so "
+                    "slices of one patient may fall in different folds (cross-validation then is optimistic)",
+                    counts["image"])
+    return out
 
 
-def _fill_from_manifest(slices: pd.DataFrame, manifest: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
+def _fill_from_manifest(slices: pd.DataFrame, manifest: pd.DataFrame, quarantine: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Meta columns from what each file says (keeping the reader's value where the file says nothing), status."""
     out = slices.copy()
     by_id = manifest.set_index("image_id")
+    reader_patient = out["patient_id"].fillna("").astype(str).str.strip() != ""
+    file_patient = out["image_id"].map(by_id["patient_id"]).fillna("").astype(str).str.strip() != ""
     for col in META_COLUMNS:
         from_file = out["image_id"].map(by_id[col])
         has_value = from_file.notna() & (from_file != "") if out[col].dtype == "string" else from_file.notna()
         out[col] = out[col].mask(has_value.fillna(False).astype(bool), from_file).astype(out[col].dtype)
+    out["patient_source"] = np.where(file_patient, "file", np.where(reader_patient, "reader", ""))
+    out = _group_without_patient_id(out, root)
     out["status"] = "pending"
     out.loc[out["image_id"].isin(set(quarantine["image_id"])), "status"] = "quarantined"
     out.loc[out["image_id"].isin(set(manifest["image_id"])), "status"] = "ok"
@@ -505,6 +732,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  every input id accounted for: {s['in_cache']} in the cache + {s['quarantined']} quarantined "
         f"= {s['in_cache'] + s['quarantined']}",
     ]
+    if s.get("slabs"):
+        lines.append(f"  {s['slabs']} slabs averaged from thin series (prepare.slab_mm); their slices are marked in_slab")
     if s["quarantined_by_reason"]:
         lines.append("  quarantined by reason: " + ", ".join(f"{k}: {v}" for k, v in s["quarantined_by_reason"].items()))
     if s["notes"]:
@@ -525,25 +754,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> int:
-    import sys
-
     from ichkit import readers
 
     data = Path(args.data if args.data is not None else cfg["paths"]["input"])
-    try:
-        root = readers.find_dataset(data)
-        if root is None:
-            print(f"error: no dataset found under {data}: run `ichkit demo-data` to write the synthetic one, "
-                  f"or pass --data PATH", file=sys.stderr)
-            return 2
-        ds = readers.read_dataset(root, layout=args.layout)
-    except ValueError as exc:  # LabelFileError, several datasets, unknown layout: each names file and problem
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = prepare_dataset(ds, Path(cfg["paths"]["work"]), cfg, workers=args.workers, force=args.force)
-    except PrepareError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    root = readers.find_dataset(data)
+    if root is None:
+        looked = "; ".join(f"{name}: {need}" for name, need in readers.LAYOUT_NEEDS.items())
+        hint = ("" if args.data is not None else
+                " Run `ichkit demo-data` to write the synthetic dataset there, or pass --data PATH.")
+        raise PrepareError(f"no dataset found in {data} or its subfolders ({readers.describe_folder(data)}). "
+                           f"Looked for {looked}.{hint}")
+    # LabelFileError, several datasets, unknown layout, PrepareError: each names file and problem; cli.main
+    # prints them
+    ds = readers.read_dataset(root, layout=args.layout)
+    summary = prepare_dataset(ds, Path(cfg["paths"]["work"]), cfg, workers=args.workers, force=args.force)
     # a run where nothing could be prepared (every input quarantined) is a failure for the stages after it
     return 0 if summary["in_cache"] else 1

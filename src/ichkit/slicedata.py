@@ -21,7 +21,41 @@ REASONS: dict[str, str] = {
     "decode_error": "the pixel data does not decode",
     "bad_header": "image pixel tags (Rows, Columns, Bits Allocated) missing or inconsistent",
     "odd_shape": "not a single 2-D grey-level frame of a usable size and aspect",
+    "implausible_hu": "decodes, but its Hounsfield units cannot be a head CT (a constant image, values far outside the CT scale)",
+    "duplicate": "the same image as another input (same SOPInstanceUID, or byte-identical); the other is kept",
 }
+
+# The CT number scale runs from about -1024 (air) to 3071 HU, extended scales to ~30,000 (metal), and the
+# padding outside the field of view is one constant, often -2000, -3024 or even -32768 stored; values beyond
+# these bounds on more than a sliver of the image (padding, the minimum value, aside) mean the bytes are not
+# CT numbers at all (float bytes read as integers, a wrong BitsAllocated).
+HU_BOUNDS = (-3100.0, 32767.0)
+MAX_OUT_OF_SCALE = 0.01  # share of pixels
+
+
+def implausible_hu(pixels: np.ndarray, slope: float, intercept: float) -> str | None:
+    """Why stored `pixels` with this rescale cannot be a CT slice in HU, or None if they can.
+
+    Costs two reductions (min, max) on a plausible image; the share outside the scale is computed only
+    when the extremes are out of bounds.
+    """
+    lo_raw, hi_raw = float(pixels.min()), float(pixels.max())
+    if not (np.isfinite(lo_raw) and np.isfinite(hi_raw)):
+        return f"{int(np.count_nonzero(~np.isfinite(pixels)))} pixels are NaN or infinite"
+    lo, hi = sorted((lo_raw * slope + intercept, hi_raw * slope + intercept))
+    if hi == lo:
+        return f"constant image: every pixel is {lo:g} HU"
+    if lo >= HU_BOUNDS[0] and hi <= HU_BOUNDS[1]:
+        return None
+    values = pixels[pixels != pixels.min()]  # padding is one constant at the bottom of the range
+    if values.size == 0:
+        return None
+    hu = values.astype(np.float64) * slope + intercept
+    share = float(np.mean((hu < HU_BOUNDS[0]) | (hu > HU_BOUNDS[1])))
+    if share > MAX_OUT_OF_SCALE:
+        return (f"{share:.0%} of pixels outside {HU_BOUNDS[0]:g}..{HU_BOUNDS[1]:g} HU (range {lo:.3g}..{hi:.3g}): "
+                "not CT numbers")
+    return None
 
 
 class BadInput(Exception):

@@ -28,6 +28,7 @@ COLUMNS: dict[str, str] = {
     "mask_path": "string",       # NIfTI mask volume (same frame), "" otherwise; polygons live in polygons.parquet
     "has_mask": "bool",          # a ground-truth mask exists (polygons or mask volume)
     "patient_id": "string",
+    "patient_source": "string",  # where patient_id came from: file (PatientID) | reader | patients.csv | study | series | image
     "study_id": "string",
     "series_id": "string",
     "z": "float64",              # position along the slice normal, mm (ImagePositionPatient), NaN if unknown

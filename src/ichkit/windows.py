@@ -118,12 +118,26 @@ def apply_windows(sl: SliceData, windows: Sequence[Window]) -> np.ndarray:
     return np.stack([window_hu(hu, c, w) for c, w in windows], axis=-1)
 
 
+def letterbox(img: np.ndarray, fill: float | int = 0) -> np.ndarray:
+    """Pad `img` (HxW or HxWxC) to a square, centred, with `fill` (air: the darkest value) so that
+    resizing keeps its aspect."""
+    h, w = img.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    out = np.full((side, side, *img.shape[2:]), fill, dtype=img.dtype)
+    out[top : top + h, left : left + w] = img
+    return out
+
+
 def resize(img: np.ndarray, size: int | tuple[int, int], mask: bool = False) -> np.ndarray:
-    """Resize to size x size (or to (height, width)): area averaging for images (no aliasing when
+    """Resize to size x size (or to (height, width)): a non-square image is first letterboxed to a square
+    (`letterbox`: its aspect kept, never squashed); area averaging for images (no aliasing when
     shrinking); for masks the nearest pixel centre (INTER_NEAREST_EXACT: plain INTER_NEAREST samples each
     block's first pixel, which shifts the mask by up to half a pixel)."""
     import cv2
 
+    if np.isscalar(size) and img.shape[0] != img.shape[1]:
+        img = letterbox(img, 0 if mask else img.min())
     height, width = (size, size) if np.isscalar(size) else size
     if img.shape[:2] == (height, width):
         return img

@@ -6,6 +6,7 @@ Layouts (each module's docstring gives the files it expects and its rules):
                          + Results_*.csv polygons
 - "nifti"   (nifti.py)   PhysioNet CT-ICH: ct_scans/NNN.nii, masks/NNN.nii, hemorrhage_diagnosis_raw_ct.csv
 - "images"  (images.py)  any folder of PNG/JPG slices + a labels CSV
+- "dicoms"  (dicoms.py)  a bare folder of DICOMs without labels: an inference (test-only) dataset
 
 Readers list files and read label files only; pixels are read later, one slice at a time, by `load_slice`.
 An input that cannot be loaded raises `slicedata.BadInput` so that `prepare` quarantines it; a label file
@@ -21,10 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ichkit.readers import images, nifti, renders, rsna
+from ichkit.errors import IchkitError
+from ichkit.readers import dicoms, images, nifti, renders, rsna
 from ichkit.readers.common import cell_text, is_private
 from ichkit.slicedata import SliceData
 from ichkit.table import Dataset
+
+
+class DatasetError(IchkitError):
+    """No usable dataset where one was asked for (none, several, an unknown layout); the message says which."""
+
 
 # layout -> (recogniser, reader), in the order `detect_layout` tries them: the specific folder layouts
 # first, the catch-all image folder last.
@@ -33,7 +40,33 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], Dataset]]] = {
     "nifti": (nifti.looks_like_nifti, nifti.read_nifti),
     "rsna": (rsna.looks_like_rsna, rsna.read_rsna),
     "images": (images.looks_like_images, images.read_images),
+    "dicoms": (dicoms.looks_like_dicoms, dicoms.read_dicoms),
 }
+# what each layout needs, for the message when none is found
+LAYOUT_NEEDS: dict[str, str] = {
+    "renders": "a renders/ folder",
+    "nifti": "ct_scans/*.nii[.gz]",
+    "rsna": "an ID,Label CSV beside DICOM files",
+    "images": "a labels CSV (Image/ID/filename + labels) beside PNG/JPG files",
+    "dicoms": "*.dcm files (an unlabelled inference set)",
+}
+
+
+def describe_folder(folder: Path) -> str:
+    """What a folder holds, by file kind, for a "no dataset found" message: `3 .csv, 0 .dcm, ...`."""
+    from collections import Counter
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "it does not exist" if not folder.exists() else "it is a file, not a folder"
+    kinds: Counter = Counter()
+    for i, path in enumerate(p for p in folder.rglob("*") if p.is_file()):
+        if i >= 100_000:
+            break
+        kinds[path.suffix.lower() or "(no suffix)"] += 1
+    if not kinds:
+        return "it is empty"
+    return "it holds " + ", ".join(f"{n} {k}" for k, n in kinds.most_common(6))
 
 
 def detect_layout(root: Path) -> str | None:
@@ -46,7 +79,7 @@ def detect_layout(root: Path) -> str | None:
 
 def find_dataset(input_dir: Path) -> Path | None:
     """`input_dir` if it holds a dataset, else its one subfolder that does (folders starting with _ or .
-    skipped); None if there is none. Several candidate subfolders -> ValueError listing them."""
+    skipped); None if there is none. Several candidate subfolders -> DatasetError listing them."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         return None
@@ -55,7 +88,7 @@ def find_dataset(input_dir: Path) -> Path | None:
     found = [p for p in sorted(input_dir.iterdir()) if p.is_dir() and not is_private(p.name) and detect_layout(p)]
     if len(found) > 1:
         listing = ", ".join(f"{p} ({detect_layout(p)})" for p in found)
-        raise ValueError(f"{input_dir} holds several datasets: {listing}; choose one with --data")
+        raise DatasetError(f"{input_dir} holds several datasets: {listing}; choose one with --data")
     return found[0] if found else None
 
 
@@ -65,10 +98,10 @@ def read_dataset(root: Path, layout: str | None = None) -> Dataset:
     if layout is None:
         layout = detect_layout(root)
         if layout is None:
-            raise ValueError(f"{root}: no dataset recognised; expected one of the layouts {', '.join(LAYOUTS)} "
+            raise DatasetError(f"{root}: no dataset recognised; expected one of the layouts {', '.join(LAYOUTS)} "
                              "(see the module docstrings of ichkit.readers)")
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+        raise DatasetError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     return LAYOUTS[layout][1](root)
 
 
@@ -89,12 +122,17 @@ def load_slice(row: pd.Series, root: Path, channels: Sequence[str] = renders.REN
 
 def load_mask(row: pd.Series, root: Path, polygons: list[np.ndarray], height: int, width: int) -> np.ndarray | None:
     """The ground-truth mask of a row as uint8 0/1 (height, width): the union of its polygons if it has
-    any, else its NIfTI mask slice resized by nearest neighbour, else None."""
+    any, else its mask file in masks/ (which must be height x width: pass the slice's own size), else its
+    NIfTI mask slice resized by nearest neighbour, else None."""
     from ichkit.readers.polygons import rasterize
     from ichkit.windows import resize
 
     if polygons:
         return rasterize(polygons, height, width)
     if cell_text(row, "mask_path"):
+        if row["source"] != "nifti":  # a mask file in masks/ (see masks.py): must have the slice's size
+            from ichkit.readers.masks import load_mask_file
+
+            return load_mask_file(Path(root) / cell_text(row, "mask_path"), height, width)
         return resize(nifti.load_nifti_mask(row, root), (height, width), mask=True)
     return None

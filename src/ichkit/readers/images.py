@@ -1,8 +1,10 @@
 """A folder of PNG/JPG slices with a labels CSV (layout "images"), and loading any rendered image slice.
 
-    <root>/labels.csv      any name; an id column (Image, image, ID or filename) and either the six RSNA
-                           columns (any, epidural, ...) or a `label` column holding a 7-class name
+    <root>/labels.csv      any name; an id column (Image, image, ID, id or filename) and either the six RSNA
+                           columns (any, epidural, ...), a `label` column holding a 7-class name, or only
+                           `hemorrhage` / `any` (binary labels: subtypes unknown, for the binary task)
     <root>/**/*.png|jpg    the slices, found recursively (folders starting with _ or . skipped), any size
+    <root>/masks/          optional: a mask file per slice, same stem (.dcm, .png, .nii[.gz]; see masks.py)
     <root>/patients.csv    optional: image,patient; without it each image is its own patient group,
                            exactly as for the renders layout (see renders.py)
 
@@ -29,8 +31,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id, open_label_csv, read_wide_labels
+from ichkit.labels import (BINARY_COLUMNS, CLASSES7, RSNA_LABELS, SUBTYPES, LabelFileError, normalize_image_id,
+                           open_label_csv, read_binary_labels, read_wide_labels)
 from ichkit.readers import renders
+from ichkit.readers.masks import MASKS_DIR, attach_mask_files
 from ichkit.readers.common import (assign_patients, cell_text, csv_header, examples, index_by_image_id, iter_files,
                                    log, with_label7)
 from ichkit.slicedata import BadInput, SliceData
@@ -39,7 +43,7 @@ from ichkit.table import Dataset, conform
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-ID_COLUMNS: tuple[str, ...] = ("Image", "image", "ID", "filename")
+ID_COLUMNS: tuple[str, ...] = ("Image", "image", "ID", "id", "filename")
 CLASS_COLUMNS: tuple[str, ...] = ("label", "label7")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -54,6 +58,8 @@ def label_csv_kind(path: Path) -> tuple[str, str] | None:
         return id_column, "rsna"
     if any(c in header for c in CLASS_COLUMNS):
         return id_column, "class"
+    if not any(c in header for c in SUBTYPES) and any(c in header for c in BINARY_COLUMNS):
+        return id_column, "binary"
     return None
 
 
@@ -107,10 +113,13 @@ def read_images(root: Path) -> Dataset:
     if kind == "rsna":
         labels = read_wide_labels(label_csv, id_column=id_column)
         labels["label7"] = with_label7(labels, label_csv)
+    elif kind == "binary":
+        labels = read_binary_labels(label_csv, id_column, next(c for c in BINARY_COLUMNS if c in csv_header(label_csv)))
     else:
         labels = read_class_labels(label_csv, id_column)
 
-    files = index_by_image_id(tqdm(iter_files(root, IMAGE_SUFFIXES), desc="listing images", unit="file"), root)
+    listed = (p for p in iter_files(root, IMAGE_SUFFIXES) if p.relative_to(root).parts[0] != MASKS_DIR)
+    files = index_by_image_id(tqdm(listed, desc="listing images", unit="file"), root)
     slices = labels.copy()
     slices["path"] = slices["image_id"].map(files).fillna("")
     missing = slices["path"] == ""
@@ -124,6 +133,8 @@ def read_images(root: Path) -> Dataset:
     slices["patient_id"] = assign_patients(slices["image_id"], root, "images")
     slices["split"] = "train"
     slices["source"] = "image"
+    slices["has_mask"] = False
+    slices = attach_mask_files(slices, root, "images")
     return Dataset(root=root, layout="images", slices=conform(slices))
 
 

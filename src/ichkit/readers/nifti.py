@@ -32,7 +32,7 @@ import pandas as pd
 
 from ichkit.labels import SUBTYPES, LabelFileError, open_label_csv, parse_binary
 from ichkit.readers.common import examples, log, relative, with_label7
-from ichkit.slicedata import BadInput, SliceData
+from ichkit.slicedata import BadInput, SliceData, implausible_hu
 from ichkit.table import Dataset, conform
 
 CT_DIR = "ct_scans"
@@ -219,6 +219,9 @@ def load_nifti_slice(row: pd.Series, root: Path) -> SliceData:
     notes = []
     if not (hu.dtype.kind in "iu" or hu.dtype == np.float32):
         notes.append(f"nifti_dtype: data stored as {hu.dtype}")
+    problem = implausible_hu(hu, 1.0, 0.0)
+    if problem:
+        raise BadInput(path, "implausible_hu", f"slice {frame}: {problem}")
     return SliceData(
         pixels=_as_stored_integers(hu),
         slope=1.0,

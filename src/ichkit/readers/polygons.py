@@ -23,7 +23,6 @@ In the slice table's `polygons` frame each region is one row: `points` as JSON `
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ichkit.labels import LabelFileError, normalize_image_id
+from ichkit.labels import LabelFileError, normalize_image_id, open_label_csv
 from ichkit.readers.common import examples
 from ichkit.table import POLYGON_COLUMNS, conform, empty_frame
 
@@ -132,20 +131,12 @@ def read_polygon_csv(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     rows: list[tuple[str, str, str]] = []
     skipped = degenerate = 0
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip() for h in next(reader, [])]
+    with open_label_csv(path) as (header, records):
         if ORIGIN_COLUMN not in header:
             raise LabelFileError(path, 1, f"no {ORIGIN_COLUMN!r} column (the image file) in header {header[:8]!r}")
         label_idx = [(c, header.index(c)) for c in LABEL_COLUMNS if c in header]
         i_origin = header.index(ORIGIN_COLUMN)
-        line_end = reader.line_num
-        for rec in reader:
-            line, line_end = line_end + 1, reader.line_num
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != len(header):
-                raise LabelFileError(path, line, f"expected {len(header)} fields, got {len(rec)}")
+        for line, rec in records:
             origin = rec[i_origin].strip()
             if not origin:
                 raise LabelFileError(path, line, f"empty {ORIGIN_COLUMN}")
