@@ -218,7 +218,7 @@ class HeadAnatomy:
         c = rng.uniform(66.0, 74.0)            # centre to vertex (inner table)
         atrophy = rng.beta(1.5, 4.0)           # 0 young .. 1 very atrophic: wider sulci and ventricles
         vscale = 0.85 + 0.8 * atrophy
-        grey = rng.uniform(35.0, 40.0)
+        grey = rng.uniform(36.0, 41.0)
         hu = TissueHU(
             scalp=rng.uniform(30.0, 55.0),
             fat=rng.uniform(-105.0, -80.0),

@@ -45,13 +45,17 @@ SCENARIO_BLOCK: tuple[tuple[str, ...], ...] = (
     (), (), (), (),
     (EPIDURAL,), (EPIDURAL,),
     (SUBDURAL,), (SUBDURAL,),
-    (SUBARACHNOID,), (SUBARACHNOID,),
-    (INTRAPARENCHYMAL,), (INTRAPARENCHYMAL,), (INTRAPARENCHYMAL,),
-    (INTRAVENTRICULAR,), (INTRAVENTRICULAR,), (INTRAVENTRICULAR,),
+    (SUBARACHNOID,),
+    (INTRAPARENCHYMAL,), (INTRAPARENCHYMAL,),
+    (INTRAVENTRICULAR,),
+    (EPIDURAL, SUBDURAL),
     (INTRAVENTRICULAR, INTRAPARENCHYMAL),
     (SUBDURAL, SUBARACHNOID),
     (EPIDURAL, SUBARACHNOID),
     (SUBARACHNOID, INTRAVENTRICULAR),
+    (SUBDURAL, INTRAPARENCHYMAL),          # traumatic: a contusion under the collection
+    (INTRAPARENCHYMAL, INTRAVENTRICULAR),  # a deep haematoma rupturing into the ventricles
+    (SUBARACHNOID, SUBDURAL),
 )
 # share of studies per pixel encoding once each unusual one has appeared at least once
 ENCODING_WEIGHTS: dict[str, float] = {
@@ -190,8 +194,9 @@ def generate_patient(plan: PatientPlan) -> PatientResult:
         fov = acq.fov_mask()
         sc = acq.scanner
         voxels = Counter()
+        noise = acq.noise_field(rng)
         for k in range(acq.n_slices):
-            rendered = render_slice(anatomy, bleeds, acq, k, rng)
+            rendered = render_slice(anatomy, bleeds, acq, k, rng, noise)
             image_id = new_id(rng, 9)
             rle = bool(rng.random() < RLE_SHARE) or (study.force_rle and k == acq.n_slices // 2)
             encoding = FileEncoding(pixels=study.pixels, implicit_vr=study.implicit_vr and not rle, rle=rle,

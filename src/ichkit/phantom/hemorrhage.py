@@ -239,13 +239,13 @@ def _support(e: Ellipsoid, direction: tuple[float, float, float]) -> float:
 # Density of the blood itself (HU) by subtype; SAH and IVH then mix with CSF through `fill`. Acute blood
 # is mostly 40-80 HU (median ~55-60); a patient's haematocrit shifts every bleed together (`offset`).
 BLOOD_HU: dict[str, tuple[float, float]] = {
-    EPIDURAL: (50.0, 75.0),
-    SUBDURAL: (50.0, 70.0),
-    SUBARACHNOID: (55.0, 72.0),       # x fill 0.55-0.95 -> about 40-60 HU on the image
-    INTRAPARENCHYMAL: (50.0, 75.0),
-    INTRAVENTRICULAR: (48.0, 68.0),   # x fill 0.45-0.75 with CSF -> about 30-50 HU
+    EPIDURAL: (52.0, 78.0),
+    SUBDURAL: (52.0, 72.0),
+    SUBARACHNOID: (58.0, 75.0),       # x fill 0.65-0.95 -> about 40-60 HU on the image
+    INTRAPARENCHYMAL: (52.0, 78.0),
+    INTRAVENTRICULAR: (50.0, 70.0),   # x fill 0.5-0.8 with CSF -> about 30-50 HU
 }
-FILL: dict[str, tuple[float, float]] = {SUBARACHNOID: (0.55, 0.95), INTRAVENTRICULAR: (0.45, 0.75)}
+FILL: dict[str, tuple[float, float]] = {SUBARACHNOID: (0.65, 0.95), INTRAVENTRICULAR: (0.5, 0.8)}
 SUBDURAL_AGE = {"acute": 0.65, "mixed": 0.2, "subacute": 0.15}   # subacute / chronic: 15-35 HU, iso/hypodense
 
 
@@ -296,7 +296,7 @@ def sample_bleed(subtype: str, anatomy: HeadAnatomy, rng: np.random.Generator, n
             return ExtraAxialCollection(**blood, side=side, azimuth=azimuth, elevation=elevation,
                                         extent_azimuth=float(rng.uniform(18.0, 42.0)),
                                         extent_elevation=float(rng.uniform(12.0, 24.0)),
-                                        thickness=float(rng.uniform(5.0, 20.0)), profile=1.0, margin=margin)
+                                        thickness=float(rng.uniform(5.0, 24.0)), profile=1.0, margin=margin)
         return ExtraAxialCollection(**blood, side=side, azimuth=azimuth, elevation=elevation,
                                     extent_azimuth=float(rng.uniform(40.0, 90.0)),
                                     extent_elevation=float(rng.uniform(25.0, 45.0)),
@@ -337,6 +337,8 @@ def sample_bleed(subtype: str, anatomy: HeadAnatomy, rng: np.random.Generator, n
                       r * c * math.sin(elevation))
         size = (3.0, 10.0) if contusion else (6.0, 22.0)
         axes = tuple(float(x) for x in rng.uniform(*size, size=3))
+        if not contusion and rng.random() < 0.25:  # a large lobar or basal ganglia haematoma
+            axes = tuple(float(x) for x in rng.uniform(20.0, 32.0, size=3))
         n_lobes = int(rng.integers(4, 8))
         lobulation = tuple((float(fu), float(fv), float(fw), float(amp)) for fu, fv, fw, amp in
                            np.column_stack([rng.uniform(-0.7, 0.7, (n_lobes, 3)), rng.uniform(0.03, 0.1, n_lobes)]))

@@ -65,7 +65,7 @@ def sample_scanner(rng: np.random.Generator) -> Scanner:
         manufacturer=manufacturer,
         model=model,
         kvp=float(rng.choice([100.0, 120.0, 120.0, 140.0])),
-        noise_sigma=float(np.clip(rng.uniform(2.5, 4.8) * thin_noise, 2.5, 6.0)),
+        noise_sigma=float(np.clip(rng.uniform(3.0, 5.5) * thin_noise, 2.5, 6.5)),
         blur_sigma=blur,
         noise_grain=float(rng.uniform(0.85, 1.5)),
         pixel_spacing=float(np.round(rng.uniform(0.40, 0.50), 6)),
@@ -240,7 +240,15 @@ class Acquisition:
         hu[soft] += np.float32(self.streaks) * full[soft]
         return True
 
-    def degrade(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def noise_field(self, rng: np.random.Generator) -> np.ndarray:
+        """Unit-variance noise with the grain of this study's reconstruction (periodic, so any roll of it is
+        again such noise): filtered once per study, then rolled and flipped differently for every slice."""
+        sc = self.scanner
+        scale = np.float32(math.sqrt(4.0 * math.pi) * sc.noise_grain)  # Gaussian of sigma s: var 1 / (4 pi s^2)
+        return scale * ndimage.gaussian_filter(rng.standard_normal((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32),
+                                               sc.noise_grain, mode="wrap", truncate=3.0)
+
+    def degrade(self, hu: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None = None) -> np.ndarray:
         """The reconstruction kernel's point spread, motion, and correlated quantum noise, in HU.
 
         The image is blurred by the kernel (sharpness: `blur_sigma`); the noise is white noise filtered to
@@ -256,8 +264,11 @@ class Acquisition:
             for t in np.linspace(-length / 2, length / 2, int(4 * length)):
                 kernel[int(round(c + t * math.sin(angle))), int(round(c + t * math.cos(angle)))] = 1.0
             image = ndimage.convolve(image, kernel / kernel.sum(), mode="nearest")
-        # a 2-D Gaussian of sigma s leaves white noise with variance 1 / (4 pi s^2): pre-scale to hit noise_sigma
-        scale = np.float32(sc.noise_sigma * math.sqrt(4.0 * math.pi) * sc.noise_grain)
-        noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape, dtype=np.float32), sc.noise_grain, mode="wrap",
-                                        truncate=3.0)
-        return image + scale * noise
+        if noise is None:
+            noise = self.noise_field(rng)
+        else:  # a fresh draw of the same texture: random roll, flips and transposition of the study's field
+            noise = np.roll(noise, (int(rng.integers(IMAGE_SIZE)), int(rng.integers(IMAGE_SIZE))), axis=(0, 1))
+            if rng.random() < 0.5:
+                noise = noise.T
+            noise = noise[::int(rng.choice([-1, 1])), ::int(rng.choice([-1, 1]))]
+        return image + np.float32(sc.noise_sigma) * noise

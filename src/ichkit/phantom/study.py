@@ -15,6 +15,7 @@ from ichkit.phantom.scanner import IMAGE_SIZE, Acquisition
 # A subtype is labelled present in a slice when at least this many of its pixels are rendered there
 # (about 4 mm^2): fewer is a partial-volume sliver no reader would call.
 MIN_BLEED_PIXELS = 20
+MIN_PIECE_PIXELS = 8
 # rendered tissues that look like blood and are not (counted per slice into _truth/slices.csv)
 HARD_NEGATIVE_TISSUES: dict[str, int] = {
     "calcification": Tissue.CALCIFICATION,
@@ -57,9 +58,10 @@ def gravity_in_head(acq: Acquisition) -> tuple[float, float, float]:
     return (math.sin(g), math.cos(g), 0.0)
 
 
-def render_slice(anatomy: HeadAnatomy, bleeds: list[Bleed], acq: Acquisition, k: int, rng: np.random.Generator) -> RenderedSlice:
+def render_slice(anatomy: HeadAnatomy, bleeds: list[Bleed], acq: Acquisition, k: int, rng: np.random.Generator,
+                 noise: np.ndarray | None = None) -> RenderedSlice:
     """Slice k of the acquisition: the head and its bleeds at the pixel centres, then the scanner (blur,
-    correlated noise, streaks, motion). Bleeds blend into their background by their partial-volume
+    correlated noise, streaks, motion); `noise` is the study's noise field (`Acquisition.noise_field`). Bleeds blend into their background by their partial-volume
     occupancy; the masks leave out the rim where the blurred skull outshines the blood (an annotator does
     not outline bone), and every mask is in the orientation the file is written in."""
     x, y, z = acq.world_grid(k)
@@ -88,7 +90,7 @@ def render_slice(anatomy: HeadAnatomy, bleeds: list[Bleed], acq: Acquisition, k:
     bone = image > 300
     acq.paint_holder(x, y, image)
     streaked = acq.add_streaks(image, skull_base=float(np.median(w)) < 0.45 * anatomy.lowest_level)
-    image = acq.degrade(image, rng)
+    image = acq.degrade(image, rng, noise)
     out_masks = {s: m.reshape(IMAGE_SIZE, IMAGE_SIZE) for s, m in masks.items()}
     if any(m.any() for m in out_masks.values()) and bone.any():
         # the rim the scanner's point spread brightens with skull (beyond ~2.5 sigma it brings in < 1%)
@@ -97,6 +99,17 @@ def render_slice(anatomy: HeadAnatomy, bleeds: list[Bleed], acq: Acquisition, k:
         reach = int(math.ceil(2.5 * acq.scanner.blur_sigma))
         bright_rim = ndimage.binary_dilation(bone, structure=np.ones((3, 3), dtype=bool), iterations=reach)
         out_masks = {s: m & ~bright_rim for s, m in out_masks.items()}
+    # an annotator outlines regions, not specks: pieces under MIN_PIECE_PIXELS after the rim is cut drop out
+    for s, m in out_masks.items():
+        if m.any():
+            from scipy import ndimage
+
+            lab, n = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
+            if n > 1 or m.sum() < MIN_PIECE_PIXELS:
+                sizes = np.bincount(lab.ravel())
+                keep = sizes >= MIN_PIECE_PIXELS
+                keep[0] = False
+                out_masks[s] = keep[lab]
     if acq.transposed:
         image = np.ascontiguousarray(image.T)
         out_masks = {s: np.ascontiguousarray(m.T) for s, m in out_masks.items()}
