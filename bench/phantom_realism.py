@@ -85,7 +85,7 @@ def measure(root: Path, negatives: int, seed: int = 0) -> dict:
         hu = sl.hu()
         if hu.shape != (SIZE, SIZE):
             continue
-        masks = head_masks(hu, settings.bone_hu, erode_px=settings.brain_erode_px)
+        masks = head_masks(hu, settings)
         brain = masks.brain
         lab = labels.loc[image_id]
         bleed = rasterize(polygons[image_id], SIZE, SIZE).astype(bool) if image_id in polygons else np.zeros_like(brain)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from scipy import ndimage
 
 from ichkit import features
 from ichkit.cache import ImageCache
+from ichkit.config import load_config
 from ichkit.features import (
     FeatureError,
     FeatureSettings,
@@ -26,7 +28,8 @@ from ichkit.features import (
 )
 from synthetic_ct import BRAIN_AXES, WINDOWS, config_for, head_slice, make_work
 
-SETTINGS = FeatureSettings(windows=tuple((k, float(c), float(w)) for k, (c, w) in WINDOWS.items()))
+SETTINGS = replace(FeatureSettings.from_config(load_config()),
+                   windows=tuple((k, float(c), float(w)) for k, (c, w) in WINDOWS.items()))
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,7 +46,7 @@ def by_class() -> dict[str, pd.DataFrame]:
 
 def test_brain_mask_is_the_inside_of_the_skull():
     hu = head_slice("normal", np.random.default_rng(0))
-    masks = head_masks(hu, bone_hu=300, erode_px=2)
+    masks = head_masks(hu, SETTINGS)
     assert not masks.from_hull
     assert not (masks.brain & (hu >= 300)).any(), "brain mask contains bone"
     assert not (masks.brain & (hu < -500)).any(), "brain mask contains air"
@@ -55,18 +58,47 @@ def test_brain_mask_is_the_inside_of_the_skull():
     assert scalp.any() and not (scalp & masks.brain).any()
 
 
+def test_a_gap_in_the_skull_is_closed_by_a_wider_closing_before_the_hull():
+    hu = head_slice("normal", np.random.default_rng(0)).copy()
+    hu[:, 124:132][hu[:, 124:132] >= 300] = 30  # an 8-px gap at the front and back (sutures, thin slices)
+    masks = head_masks(hu, SETTINGS)
+    assert not masks.from_hull and masks.closing_px > SETTINGS.skull_close_px[0]
+    expected = np.pi * (BRAIN_AXES[0] - 2) * (BRAIN_AXES[1] - 2)
+    assert abs(masks.brain.sum() - expected) / expected < 0.05
+    f = radiomic_features(hu, SETTINGS)
+    assert f["brain_mask_closing"] == masks.closing_px and f["brain_mask_from_hull"] == 0
+
+
 def test_open_skull_falls_back_to_the_convex_hull():
     hu = head_slice("normal", np.random.default_rng(0)).copy()
-    hu[:, 120:136][hu[:, 120:136] >= 300] = 30  # a 16-px gap at the front and back: fill_holes leaks
-    masks = head_masks(hu)
-    assert masks.from_hull
+    hu[:, 108:148][hu[:, 108:148] >= 300] = 30  # a 40-px gap at the front and back: no closing bridges it
+    masks = head_masks(hu, SETTINGS)
+    assert masks.from_hull and masks.closing_px == 0
     expected = np.pi * (BRAIN_AXES[0] - 2) * (BRAIN_AXES[1] - 2)
     assert abs(masks.brain.sum() - expected) / expected < 0.1
 
 
+def test_rendered_windows_give_a_brain_mask_from_the_bone_channel():
+    from ichkit.features.analysis import composite_hu
+    from ichkit.windows import hu_map  # noqa: F401  (the cached pseudo-HU of a render spans 0-80 HU only)
+
+    hu = head_slice("normal", np.random.default_rng(0)).astype(np.float32)
+    channels = [np.clip((hu - (c - w / 2)) / w * 255, 0, 255).round().astype(np.uint8) for _, c, w in SETTINGS.windows]
+    render = np.stack(channels, axis=-1)
+    pseudo = channels[0].astype(np.float32) / 255 * 80  # what a render's HU map is: the brain window only
+    assert head_masks(pseudo, SETTINGS).from_hull  # the skull threshold never fires on it
+    masks = head_masks(composite_hu(render, SETTINGS), SETTINGS)
+    truth = head_masks(hu, SETTINGS)
+    assert not masks.from_hull
+    assert (masks.brain ^ truth.brain).sum() / truth.brain.sum() < 0.02
+    no_bone = replace(SETTINGS, windows=(("brain", 40.0, 80.0), ("subdural", 80.0, 200.0), ("stroke", 40.0, 40.0)))
+    with pytest.raises(FeatureError, match="bone-window"):
+        composite_hu(render, no_bone)
+
+
 def test_blood_candidates_are_the_hyperdense_brain_components_the_features_count():
     hu = head_slice("normal", np.random.default_rng(0)).astype(np.float32)
-    brain = head_masks(hu).brain
+    brain = head_masks(hu, SETTINGS).brain
     rr, cc = np.mgrid[:256, :256]
     clot = (rr - 128) ** 2 + (cc - 110) ** 2 <= 36           # 113 px at 60 HU: kept
     speck = (rr - 100) ** 2 + (cc - 150) ** 2 <= 2            # 9 px: below min_blood_px, dropped

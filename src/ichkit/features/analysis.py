@@ -33,60 +33,97 @@ def _large_components(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray
     return np.isin(labels, keep)
 
 
-# smallest intracranial compartment kept, as a fraction of the image (0.5% = 328 px at 256 x 256)
-MIN_COMPARTMENT = 0.005
-
-
 @dataclass
 class HeadMasks:
-    """Masks of one slice: `intracranial` (inside the skull), `head` (skull + inside), `brain` (eroded)."""
+    """Masks of one slice: `intracranial` (inside the skull), `head` (skull + inside), `brain` (eroded).
+
+    `closing_px` is the closing radius that closed the skull ring (px at this image's size; the first of
+    `features.skull_close_px` on an intact mid-level slice, a wider one at the skull base / vertex or over
+    a gap); `from_hull` is the last resort where no radius closed it: the convex hull of the bone, which
+    takes in bone partial volume, sinuses and scalp."""
 
     intracranial: np.ndarray
     head: np.ndarray
     brain: np.ndarray
     from_hull: bool
+    closing_px: int = 0
 
 
-def head_masks(hu: np.ndarray, bone_hu: float = 300.0, erode_px: int = 2) -> HeadMasks:
+def head_masks(hu: np.ndarray, settings: FeatureSettings) -> HeadMasks:
     """Find the skull and the region it encloses.
 
-    Threshold bone, close small gaps (sutures, partial volume after resizing), fill holes, drop the bone and
-    air (sinuses), keep the compartments covering at least `MIN_COMPARTMENT` of the image (at the skull base
-    the anterior, middle and posterior fossae are separate; the orbits are smaller and drop out). Where the
-    skull is open (vertex, foramen magnum) the filled region is nearly empty and the convex hull of the bone
-    stands in for it. The brain mask is the
-    intracranial region eroded by `erode_px`, which keeps skull partial volume (it looks like blood) out.
+    Threshold bone (`bone_hu`), close small gaps (sutures, partial volume after resizing), fill holes, drop
+    the bone and air (sinuses), keep the compartments covering at least `min_compartment` of the image (at
+    the skull base the anterior, middle and posterior fossae are separate; the orbits are smaller and drop
+    out). A ring that does not close (thin slices at the vertex and skull base, foramen magnum, a
+    craniotomy) encloses next to nothing; wider closings (`skull_close_px`, scaled from 256 px to this
+    image) are tried in turn before the convex hull of the bone stands in. The brain mask is the
+    intracranial region eroded by `brain_erode_px`, which keeps skull partial volume (it looks like blood) out.
     """
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
-    bone = hu >= bone_hu
+    scale = hu.shape[0] / 256.0
+    erode_px = max(0, int(round(settings.brain_erode_px * scale))) if settings.brain_erode_px else 0
+    bone = hu >= settings.bone_hu
     tissue = hu > -100
-    from_hull = False
     if not bone.any():
         # no skull in view: the largest soft-tissue region is the best guess
-        from_hull = True
         intracranial = ndi.binary_fill_holes(_large_components(tissue))
-        head = intracranial
-    else:
-        closed = ndi.binary_closing(bone, structure=_disk(3))
+        brain = ndi.binary_erosion(intracranial, structure=_disk(erode_px)) if erode_px > 0 else intracranial
+        return HeadMasks(intracranial=intracranial, head=intracranial, brain=brain, from_hull=True)
+    rows, cols = np.nonzero(bone)
+    box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    found = None
+    for radius in settings.skull_close_px:
+        r = max(1, int(round(radius * scale)))
+        # pad so a closing near the border does not glue the skull to the image edge
+        closed = ndi.binary_closing(np.pad(bone, r), structure=_disk(r))[r:-r, r:-r]
         head = ndi.binary_fill_holes(closed)
         inside = head & ~closed & tissue
-        rows, cols = np.nonzero(closed)
-        box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
         # a closed skull ring encloses ~half of its bounding box or more; an open one next to nothing
-        if inside.sum() < 0.3 * box_area:
-            from_hull = True
-            head = convex_hull_image(closed)
-            inside = head & ~closed & tissue
-        intracranial = ndi.binary_fill_holes(_large_components(inside, MIN_COMPARTMENT))
+        if inside.sum() >= settings.closed_skull_fill * box_area:
+            found = (closed, head, inside, r)
+            break
+    from_hull = found is None
+    if found is None:
+        closed = ndi.binary_closing(bone, structure=_disk(max(1, int(round(settings.skull_close_px[0] * scale)))))
+        head = convex_hull_image(closed)
+        inside, r = head & ~closed & tissue, 0
+    else:
+        closed, head, inside, r = found
+    intracranial = ndi.binary_fill_holes(_large_components(inside, settings.min_compartment))
     brain = ndi.binary_erosion(intracranial, structure=_disk(erode_px)) if erode_px > 0 else intracranial
-    return HeadMasks(intracranial=intracranial, head=head, brain=brain, from_hull=from_hull)
+    return HeadMasks(intracranial=intracranial, head=head, brain=brain, from_hull=from_hull, closing_px=r)
 
 
-def brain_mask(hu: np.ndarray, bone_hu: float = 300.0, erode_px: int = 2) -> np.ndarray:
+def brain_mask(hu: np.ndarray, settings: FeatureSettings) -> np.ndarray:
     """The eroded intracranial mask: pixels whose density is the brain's (and its blood's)."""
-    return head_masks(hu, bone_hu, erode_px).brain
+    return head_masks(hu, settings).brain
+
+
+def composite_hu(cls_image: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """A pseudo-HU map of a rendered (windowed) image that the skull threshold can work on: the bone window
+    channel where it shows bone (>= bone_hu), the brain window elsewhere, air / fat (black in the brain
+    window) as -1000. Raises FeatureError if the configured windows have no bone window (one whose range
+    reaches well above `bone_hu`): then no brain mask can be made from the image."""
+    from ichkit.features.settings import FeatureError
+
+    by_range = [(name, c - w / 2, c + w / 2, i) for i, (name, c, w) in enumerate(settings.windows)]
+    bone = [b for b in by_range if b[2] >= 3 * settings.bone_hu and b[1] < settings.bone_hu]
+    soft = [b for b in by_range if b[1] <= 20 <= b[2] and b[2] <= 200]
+    if not bone or not soft:
+        raise FeatureError(f"radiomic features need Hounsfield units or a bone-window channel; windows "
+                           f"{[w[0] for w in settings.windows]} have "
+                           f"{'no bone window' if not bone else 'no brain window'}, so no brain mask can be made")
+    _, b_lo, b_hi, b_ch = bone[0]
+    _, s_lo, s_hi, s_ch = soft[0]
+    img = cls_image.astype(np.float32)
+    bone_hu = b_lo + img[..., b_ch] / 255.0 * (b_hi - b_lo)
+    soft_hu = s_lo + img[..., s_ch] / 255.0 * (s_hi - s_lo)
+    out = np.where(bone_hu >= settings.bone_hu, bone_hu, soft_hu)
+    out[(img[..., s_ch] == 0) & (bone_hu < settings.bone_hu)] = -1000.0
+    return out.astype(np.float32)
 
 
 def _moments(values: np.ndarray) -> tuple[float, float, float, float]:
@@ -162,11 +199,11 @@ def _largest_shape(region, labels: np.ndarray, dist_table: np.ndarray, centre: t
     }
 
 
-def smoothed_hu(hu: np.ndarray) -> np.ndarray:
-    """3x3 median of the HU map: single noisy pixels above grey matter do not make a bleed."""
+def smoothed_hu(hu: np.ndarray, size: int) -> np.ndarray:
+    """Median of the HU map over size x size: single noisy pixels above grey matter do not make a bleed."""
     from scipy import ndimage as ndi
 
-    return ndi.median_filter(np.asarray(hu, dtype=np.float32), size=3)
+    return ndi.median_filter(np.asarray(hu, dtype=np.float32), size=size)
 
 
 def blood_candidates(hu: np.ndarray, brain: np.ndarray, settings: FeatureSettings,
@@ -182,7 +219,7 @@ def blood_candidates(hu: np.ndarray, brain: np.ndarray, settings: FeatureSetting
 
     if hu.shape != brain.shape:
         raise ValueError(f"HU map {hu.shape} and brain mask {brain.shape} differ in shape")
-    smooth = smoothed_hu(hu)
+    smooth = smoothed_hu(hu, settings.smooth_px)
     clot = brain & (smooth >= settings.clot_hu[0]) & (smooth <= settings.clot_hu[1])
     clot = ndi.binary_opening(clot, structure=_disk(1))
     labels, n = ndi.label(clot, structure=np.ones((3, 3), dtype=bool))
@@ -203,14 +240,15 @@ def radiomic_features(hu: np.ndarray, settings: FeatureSettings) -> dict[str, fl
     if hu.ndim != 2:
         raise ValueError(f"expected a 2-D HU map, got shape {hu.shape}")
     hu = hu.astype(np.float32)
-    masks = head_masks(hu, settings.bone_hu, settings.brain_erode_px)
+    masks = head_masks(hu, settings)
     region, brain = masks.intracranial, masks.brain
     cols = radiomic_columns(settings)
     f: dict[str, float] = dict.fromkeys(cols, 0.0)
     f["brain_mask_from_hull"] = float(masks.from_hull)
+    f["brain_mask_closing"] = float(masks.closing_px) / (hu.shape[0] / 256.0)
     n_brain = int(brain.sum())
     f["brain_area_frac"] = n_brain / brain.size
-    if n_brain < 50:  # no brain on this slice (or not a head): every other feature stays 0
+    if n_brain < settings.min_brain_px:  # no brain on this slice (or not a head): every other feature stays 0
         return f
 
     # distances in the un-eroded intracranial region: 0 at the inner table, max at the deepest point
@@ -234,14 +272,14 @@ def radiomic_features(hu: np.ndarray, settings: FeatureSettings) -> dict[str, fl
         (f[f"win_{name}_mean"], f[f"win_{name}_std"], f[f"win_{name}_skew"], f[f"win_{name}_kurt"]) = _moments(scaled)
 
     # ventricles: CSF well away from the table (sulci and cisterns lie near it)
-    csf = brain & (hu >= settings.csf_hu[0]) & (hu <= settings.csf_hu[1]) & (dist_table > 0.35 * inradius)
+    csf = brain & (hu >= settings.csf_hu[0]) & (hu <= settings.csf_hu[1]) & (dist_table > settings.deep_depth * inradius)
     ventricles = ndi.binary_opening(csf, structure=_disk(1))
     f["ventricle_frac"] = float(ventricles.sum()) / n_brain
 
     # hyperdense components on a median-smoothed map so single noisy pixels above grey matter don't count
-    smooth = smoothed_hu(hu)
-    rim = brain & (dist_table <= 0.2 * inradius)
-    deep = brain & (dist_table > 0.35 * inradius)
+    smooth = smoothed_hu(hu, settings.smooth_px)
+    rim = brain & (dist_table <= settings.rim_depth * inradius)
+    deep = brain & (dist_table > settings.deep_depth * inradius)
     f["rim_hu_p99"] = float(np.percentile(smooth[rim], 99)) if rim.any() else 0.0
     f["deep_hu_p99"] = float(np.percentile(smooth[deep], 99)) if deep.any() else 0.0
     labels = label(blood_candidates(hu, brain, settings), connectivity=2)
@@ -260,14 +298,14 @@ def radiomic_features(hu: np.ndarray, settings: FeatureSettings) -> dict[str, fl
         f["blood_dist_table_mean"] = float(d_table.mean()) / inradius
         f["blood_dist_centre_mean"] = float(np.hypot(br - centre[0], bc - centre[1]).mean()) / radius
         f["blood_peripheral_frac"] = float((d_table <= contact_px).mean())
-        f["blood_deep_frac"] = float((d_table > 0.5 * inradius).mean())
+        f["blood_deep_frac"] = float((d_table > settings.deep_blood_depth * inradius).mean())
         # midline = the brain's long axis through its centroid (the head is longer front-to-back)
         head = regionprops(brain.astype(np.uint8))[0]
         theta = head.orientation  # angle between the row axis and the major axis
         axis = np.array([np.cos(theta), np.sin(theta)])  # (row, col) direction of the major axis
         off_axis = np.abs((br - centre[0]) * axis[1] - (bc - centre[1]) * axis[0])
-        f["blood_midline_frac"] = float((off_axis <= 0.08 * head.axis_minor_length).mean())
-        near_ventricle = ndi.binary_dilation(ventricles, structure=_disk(3)) if ventricles.any() else ventricles
+        f["blood_midline_frac"] = float((off_axis <= settings.midline_width * head.axis_minor_length).mean())
+        near_ventricle = ndi.binary_dilation(ventricles, structure=_disk(settings.ventricle_near_px)) if ventricles.any() else ventricles
         f["blood_near_ventricle_frac"] = float(near_ventricle[br, bc].mean())
         largest = max(regions, key=lambda r: r.area)
         f.update(_largest_shape(largest, labels, dist_table, centre, float(n_brain), contact_px))

@@ -9,8 +9,10 @@ from ichkit.features.settings import FeatureSettings
 RADIOMIC_DOC: dict[str, tuple[str, str]] = {
     "brain_area_frac": ("intracranial mask area / image area",
                         "slice level: small near the vertex and skull base, large at the ventricles"),
-    "brain_mask_from_hull": ("1 if the skull did not close and the mask came from its convex hull",
-                             "flags skull-base / vertex slices where the mask is less reliable"),
+    "brain_mask_from_hull": ("1 if no closing (features.skull_close_px) closed the skull and the mask came from "
+                             "its convex hull", "flags skull-base / vertex slices where the mask is less reliable"),
+    "brain_mask_closing": ("closing radius (px at 256) that closed the skull ring; 0 for the hull fallback",
+                           "a wider radius = an open ring: skull base, vertex, sutures, a craniotomy"),
     "hu_mean": ("mean HU inside the brain", "global density shift: diffuse blood or oedema"),
     "hu_std": ("HU standard deviation inside the brain", "heterogeneity: clots add a bright mode"),
     "csf_frac": ("fraction of brain pixels in the CSF range (features.csf_hu)",
@@ -18,7 +20,7 @@ RADIOMIC_DOC: dict[str, tuple[str, str]] = {
     "calcific_frac": ("fraction of brain pixels above blood_hu high (calcification, bone partial volume)",
                       "separates physiological calcification from blood"),
     "blood_hist_<i>": ("fraction of brain pixels in bin i of blood_hu split into hist_bins equal bins",
-                       "acute blood is 50-90 HU depending on haematocrit; the shape of this tail is the bleed"),
+                       "clotted blood is 50-80 HU, blood diluted by CSF 30-50; the shape of this tail is the bleed"),
     "win_<window>_mean": ("mean of the HU map clipped to the window and scaled to [0, 1], over the head "
                           "(skull and everything inside it)",
                           "what a radiologist sees in that window: brain / subdural / bone (the skull)"),
@@ -41,17 +43,21 @@ RADIOMIC_DOC: dict[str, tuple[str, str]] = {
     "blood_peripheral_frac": ("fraction of blood pixels within table_contact_px of the brain mask's edge "
                               "(brain_erode_px + table_contact_px of the inner table)",
                               "blood lying against the skull: epidural / subdural"),
-    "blood_deep_frac": ("fraction of blood pixels farther than half the inradius from the table",
+    "blood_deep_frac": ("fraction of blood pixels farther than features.deep_blood_depth x inradius from the "
+                        "table",
                         "deep parenchymal or intraventricular blood"),
-    "blood_midline_frac": ("fraction of blood pixels within 8% of the brain width of the midline axis",
+    "blood_midline_frac": ("fraction of blood pixels within features.midline_width of the brain width of the "
+                           "midline axis",
                            "falx / interhemispheric fissure (SAH, falcine subdural) and ventricles"),
-    "blood_near_ventricle_frac": ("fraction of blood pixels within 3 px of the ventricles (deep CSF)",
+    "blood_near_ventricle_frac": ("fraction of blood pixels within features.ventricle_near_px of the ventricles "
+                                  "(deep CSF)",
                                   "intraventricular blood fills or borders the ventricles"),
-    "rim_hu_p99": ("99th percentile of the median-smoothed HU in the rim (within 0.2 inradius of the table)",
+    "rim_hu_p99": ("99th percentile of the median-smoothed HU in the rim (within features.rim_depth x inradius "
+                   "of the table)",
                    "threshold-free: thin or CSF-diluted blood along the surface (SAH, thin subdural)"),
-    "deep_hu_p99": ("99th percentile of the median-smoothed HU deeper than 0.35 inradius",
+    "deep_hu_p99": ("99th percentile of the median-smoothed HU deeper than features.deep_depth x inradius",
                     "threshold-free: diluted blood in the ventricles or a small deep clot"),
-    "ventricle_frac": ("deep CSF area (CSF range, > 0.35 inradius from the table) / brain area",
+    "ventricle_frac": ("deep CSF area (CSF range, beyond features.deep_depth x inradius) / brain area",
                        "ventricles; blood casts them or mass effect compresses them"),
     "largest_area_frac": ("largest component area / brain area", "size of the dominant clot"),
     "largest_eccentricity": ("eccentricity of the largest component's ellipse",

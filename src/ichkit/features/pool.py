@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ichkit.features.analysis import radiomic_features
+from ichkit.features.analysis import composite_hu, radiomic_features
 from ichkit.features.doc import radiomic_columns
 from ichkit.features.pixels import pixel_columns, pixel_features
 from ichkit.features.settings import FeatureError, FeatureSettings
 
 
-def _compute_one(work: str, image_id: str, settings: FeatureSettings, sets: tuple[str, ...]) -> dict[str, Any]:
-    """Worker: both feature sets of one image, read from the prepared cache."""
+def _compute_one(work: str, image_id: str, settings: FeatureSettings, sets: tuple[str, ...],
+                 hu_units: bool = True) -> dict[str, Any]:
+    """Worker: both feature sets of one image, read from the prepared cache. Without Hounsfield units (a
+    rendered layout) the radiomic set is measured on `composite_hu` of the cached windows."""
     from ichkit.cache import ImageCache
 
     cache = ImageCache(work)
@@ -28,7 +30,10 @@ def _compute_one(work: str, image_id: str, settings: FeatureSettings, sets: tupl
         if cls_image.dtype != np.uint8 or cls_image.ndim != 3 or cls_image.shape[2] != len(settings.windows):
             raise FeatureError(f"{cache.path('cls', image_id)}: expected uint8 (H, W, 3), got {cls_image.dtype} {cls_image.shape}")
         out["pixels"] = pixel_features(cls_image, settings.pixel_size)
-    if "radiomic" in sets:
+    if "radiomic" in sets and not hu_units:
+        cls_image = cache.load("cls", image_id)
+        out["radiomic"] = radiomic_features(composite_hu(cls_image, settings), settings)
+    elif "radiomic" in sets:
         hu = cache.load("hu", image_id)
         if hu.ndim != 2 or hu.dtype.kind not in "iuf":
             raise FeatureError(f"{cache.path('hu', image_id)}: expected a 2-D HU map, got {hu.dtype} {hu.shape}")
@@ -44,7 +49,7 @@ def compute(work: Path, ids: Sequence[str], settings: FeatureSettings, sets: tup
 
     from tqdm import tqdm
 
-    fn = partial(_compute_one, str(work), settings=settings, sets=sets)
+    fn = partial(_compute_one, str(work), settings=settings, sets=sets, hu_units=hu_units)
     bar = tqdm(total=len(ids), desc=f"features ({'+'.join(sets)})", unit="img", disable=not progress)
     results: list[dict[str, Any]] = []
     if workers <= 1 or len(ids) < 2 * chunksize:

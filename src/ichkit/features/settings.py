@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 # Bump when the definition of any feature changes: cached files computed by older code are then redone.
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 FEATURE_SETS: tuple[str, ...] = ("pixels", "radiomic")
 PIXEL_PREFIX = "px_"
 
@@ -18,19 +18,30 @@ class FeatureError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """Everything the feature values depend on; its fingerprint keys the cache."""
+    """Everything the feature values depend on; its fingerprint keys the cache. Every value comes from the
+    `features:` section of default.yaml (its comments say what each one is); there are no defaults here."""
 
     windows: tuple[tuple[str, float, float], ...]  # (name, centre, width) in the cached channel order
-    pixel_size: int = 32
-    blood_hu: tuple[float, float] = (40.0, 100.0)  # histogram range: acute blood and its partial volume
-    clot_hu: tuple[float, float] = (50.0, 100.0)   # hyperdense components, above grey matter (~35-45 HU)
-    hist_bins: int = 6
-    bone_hu: float = 300.0          # skull threshold
-    csf_hu: tuple[float, float] = (-5.0, 20.0)
-    brain_erode_px: int = 2         # keeps skull partial volume (which looks like blood) out of the brain
-    min_blood_px: int = 12          # smaller hyperdense specks are noise at 256 px
-    table_contact_px: float = 3.0   # "touching the inner table" = within this distance of it
-    glcm_levels: int = 32
+    pixel_size: int
+    blood_hu: tuple[float, float]
+    clot_hu: tuple[float, float]
+    hist_bins: int
+    bone_hu: float
+    csf_hu: tuple[float, float]
+    brain_erode_px: int
+    min_blood_px: int
+    table_contact_px: float
+    glcm_levels: int
+    smooth_px: int
+    skull_close_px: tuple[int, ...]
+    closed_skull_fill: float
+    min_compartment: float
+    min_brain_px: int
+    rim_depth: float
+    deep_depth: float
+    deep_blood_depth: float
+    midline_width: float
+    ventricle_near_px: int
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "FeatureSettings":
@@ -38,18 +49,29 @@ class FeatureSettings:
         windows = tuple((str(name), float(c), float(w)) for name, (c, w) in cfg["prepare"]["windows"].items())
         if len(windows) != 3:
             raise FeatureError(f"prepare.windows must name 3 windows (the cached channels), got {len(windows)}")
-        defaults = cls(windows=windows)
         kw: dict[str, Any] = {}
-        for key, default in asdict(defaults).items():
-            if key == "windows" or key not in f:
+        for spec in fields(cls):
+            if spec.name == "windows":
                 continue
-            value = f[key]
-            kw[key] = tuple(float(v) for v in value) if isinstance(default, tuple) else type(default)(value)
+            if spec.name not in f:
+                raise FeatureError(f"features.{spec.name} is missing from the configuration (default.yaml has it)")
+            value, kind = f[spec.name], str(spec.type)
+            try:
+                if kind.startswith("tuple[int"):
+                    kw[spec.name] = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+                elif kind.startswith("tuple"):
+                    kw[spec.name] = tuple(float(v) for v in value)
+                else:
+                    kw[spec.name] = {"int": int, "float": float}[kind](value)
+            except (TypeError, ValueError):
+                raise FeatureError(f"features.{spec.name}: cannot read {value!r} as {kind}") from None
         settings = cls(windows=windows, **kw)
         for key in ("blood_hu", "clot_hu", "csf_hu"):
             lo, hi = getattr(settings, key)
             if not lo < hi:
                 raise FeatureError(f"features.{key} must be [low, high] with low < high, got {[lo, hi]}")
+        if not settings.skull_close_px or any(r < 1 for r in settings.skull_close_px):
+            raise FeatureError(f"features.skull_close_px must list closing radii >= 1, got {list(settings.skull_close_px)}")
         return settings
 
     def for_set(self, feature_set: str) -> dict[str, Any]:

@@ -6,7 +6,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from ichkit.features.settings import FEATURE_SETS, FeatureError
 from ichkit.features.store import ensure_features, features_dir
@@ -42,5 +45,18 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     dt = time.perf_counter() - t0
     for s, df in frames.items():
         print(f"{s}: {df.shape[0]} images x {df.shape[1]} features -> {features_dir(work) / (s + '.parquet')}")
+    if "radiomic" in frames:
+        print(brain_mask_report(frames["radiomic"], cfg))
     print(f"{len(ids)} images in {dt:.1f} s ({len(ids) / max(dt, 1e-9):.1f} images/s, cached ones included)")
     return 0
+
+
+def brain_mask_report(radiomic: "pd.DataFrame", cfg: dict[str, Any]) -> str:
+    """How each slice's brain mask was made: the skull closed by the first closing radius, by a wider one
+    (skull base, vertex, sutures), or the convex-hull fallback."""
+    first = float(cfg["features"]["skull_close_px"][0])
+    n = max(len(radiomic), 1)
+    hull = int((radiomic["brain_mask_from_hull"] > 0).sum())
+    wider = int(((radiomic["brain_mask_closing"] > first) & (radiomic["brain_mask_from_hull"] == 0)).sum())
+    return (f"brain mask: skull closed at {first:g} px on {(n - hull - wider) / n:.1%}, by a wider closing on "
+            f"{wider / n:.1%}, convex-hull fallback on {hull / n:.1%} of {len(radiomic)} slices")

@@ -56,6 +56,31 @@ def _write_cached(work: Path, feature_set: str, df: pd.DataFrame, settings: dict
 
 
 
+# Layouts whose images are rendered windows (PNG / JPG), not Hounsfield units.
+RENDERED_LAYOUTS = ("renders", "images")
+# Rendered layouts: refuse the radiomic set when fewer slices than this get a brain mask from a closed skull
+MIN_CLOSED_SKULL_SHARE = 0.5
+
+
+def has_hounsfield_units(work: Path | str) -> bool:
+    """False where the prepared table comes from a rendered layout (its HU map is a pseudo-HU)."""
+    from ichkit.table import table_meta
+
+    meta = table_meta(work)
+    return meta is None or meta.get("layout") not in RENDERED_LAYOUTS
+
+
+def _check_rendered_masks(work: Path, radiomic: pd.DataFrame) -> None:
+    """A rendered dataset whose bone window does not show a closed skull on most slices gives meaningless
+    radiomic numbers (the mask would take in skull, captions and background): refuse it."""
+    closed = float((radiomic["brain_mask_from_hull"] == 0).mean()) if len(radiomic) else 0.0
+    if closed < MIN_CLOSED_SKULL_SHARE:
+        raise FeatureError(f"{work}: the images are rendered windows without Hounsfield units, and the bone-window "
+                           f"channel closes the skull on only {closed:.0%} of {len(radiomic)} slices (need "
+                           f"{MIN_CLOSED_SKULL_SHARE:.0%}): no valid brain mask, so radiomic features are refused for "
+                           "this dataset; use the pixel features (`--sets pixels`) or models on pixels")
+
+
 def ensure_features(work: Path | str, image_ids: Iterable[str], cfg: dict[str, Any],
                     sets: Sequence[str] = FEATURE_SETS, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Make sure every id has every requested feature set cached; return each set's frame for those ids.
@@ -70,7 +95,10 @@ def ensure_features(work: Path | str, image_ids: Iterable[str], cfg: dict[str, A
         if s not in FEATURE_SETS:
             raise FeatureError(f"unknown feature set {s!r}; expected one of {FEATURE_SETS}")
     settings = FeatureSettings.from_config(cfg)
-    cached = {s: _read_cached(work, s, _fingerprint(settings.for_set(s))) for s in sets}
+    hu_units = has_hounsfield_units(work)
+    fingerprints = {s: _fingerprint({**settings.for_set(s), **({} if hu_units or s != "radiomic" else {"hu": False})})
+                    for s in sets}
+    cached = {s: _read_cached(work, s, fingerprints[s]) for s in sets}
     missing = {s: ids.difference(cached[s].index) if cached[s] is not None else ids for s in sets}
     todo = ids[ids.isin(set().union(*(set(m) for m in missing.values())))]
     chunksize = int(cfg.get("features", {}).get("chunksize", 8))
@@ -80,11 +108,14 @@ def ensure_features(work: Path | str, image_ids: Iterable[str], cfg: dict[str, A
     for start in range(0, len(todo), batch):
         part = todo[start:start + batch]
         need = tuple(s for s in sets if missing[s].isin(part).any())
-        new = pool.compute(work, list(part), settings, need, pool.workers(cfg), chunksize, progress)
+        new = pool.compute(work, list(part), settings, need, pool.workers(cfg), chunksize, progress, hu_units)
+        if not hu_units and "radiomic" in new:
+            _check_rendered_masks(work, new["radiomic"])
         for s in need:
             fresh = new[s].loc[new[s].index.isin(missing[s])]
             cached[s] = fresh if cached[s] is None else pd.concat([cached[s], fresh])
-            _write_cached(work, s, cached[s], settings.for_set(s))
+            meta = settings.for_set(s) if hu_units or s != "radiomic" else {**settings.for_set(s), "hu": False}
+            _write_cached(work, s, cached[s], meta)
     return {s: cached[s].loc[ids] for s in sets}
 
 
