@@ -174,9 +174,9 @@ def _count_computations(monkeypatch) -> list[str]:
     calls: list[str] = []
     real = features.pool._compute_one
 
-    def counting(work, image_id, settings, sets):
+    def counting(work, image_id, settings, sets, hu_units=True):
         calls.append(f"{image_id}:{'+'.join(sets)}")
-        return real(work, image_id, settings=settings, sets=sets)
+        return real(work, image_id, settings=settings, sets=sets, hu_units=hu_units)
 
     monkeypatch.setattr(features.pool, "_compute_one", counting)
     return calls
@@ -221,11 +221,11 @@ def test_an_interrupted_run_keeps_the_batches_it_finished(small_work, monkeypatc
     real = features.pool._compute_one
     done: list[str] = []
 
-    def dies_on_the_fifth(work_, image_id, settings, sets):
+    def dies_on_the_fifth(work_, image_id, settings, sets, hu_units=True):
         if len(done) == 4:
             raise MemoryError("killed")  # the run dies inside the third batch
         done.append(image_id)
-        return real(work_, image_id, settings=settings, sets=sets)
+        return real(work_, image_id, settings=settings, sets=sets, hu_units=hu_units)
 
     monkeypatch.setattr(features.pool, "_compute_one", dies_on_the_fifth)
     with pytest.raises(MemoryError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -25,7 +24,7 @@ from ichkit.phantom import generate_dataset
 from ichkit.phantom.anatomy import HeadAnatomy, Tissue
 from ichkit.phantom.hemorrhage import sample_bleed
 from ichkit.phantom.label_files import format_points, mask_polygons, normalise
-from ichkit.phantom.scanner import Acquisition
+from ichkit.phantom.scanner import PROTOCOLS, Acquisition
 from ichkit.phantom.study import render_slice
 from ichkit.readers.polygons import parse_points, rasterize
 
@@ -125,16 +124,18 @@ def test_dicom_files_carry_the_real_tags(demo):
         assert (ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel) == (512, 512, 16, 1)
         assert read(path).pixel_array.shape == (512, 512)
         assert 0.40 <= float(ds.PixelSpacing[0]) == float(ds.PixelSpacing[1]) <= 0.50
-        assert float(ds.SliceThickness) == 5.0
+        assert float(ds.SliceThickness) in {t for t, _ in PROTOCOLS}
         assert len(ds.ImagePositionPatient) == 3 and len(ds.ImageOrientationPatient) == 6
         assert 0 < first(ds.WindowWidth) and -100 < first(ds.WindowCenter) < 200
     for slices in series.values():
         iop = np.array(slices[0].ImageOrientationPatient, dtype=float)
         normal = np.cross(iop[:3], iop[3:])
+        normal *= np.sign(normal[2])  # a transposed series lists its axes the other way round
         z = np.array([np.dot(np.array(s.ImagePositionPatient, dtype=float), normal) for s in slices])
         order = np.argsort(z)
         steps = np.diff(z[order])
-        assert np.allclose(steps, steps[0], atol=1e-3) and 4.0 - 1e-3 <= steps[0] <= 5.0 + 1e-3
+        # slices are contiguous: the step along the normal is the slice thickness, thin series included
+        assert np.allclose(steps, float(slices[0].SliceThickness), atol=1e-3)
         assert [slices[i].InstanceNumber for i in order] == list(range(1, len(slices) + 1))
         assert len({s.StudyInstanceUID for s in slices}) == 1 and len({s.PatientID for s in slices}) == 1
 
@@ -170,6 +171,8 @@ def test_every_encoding_variant_is_present_and_decodes(demo):
 def test_hounsfield_units_are_plausible_per_tissue(demo):
     root, summary = demo
     brain_medians = []
+    levels = {r["image_id"]: float(r["z_mm"]) for r in csv.DictReader(open(root / "_truth" / "slices.csv"))}
+    opened = {i for v in ("craniotomy", "fov_cut") for i in summary["variants"].get(v, {}).get("image_ids", [])}
     for path in readable_files(root, summary)[::2]:
         ds = read(path)
         hu = to_hu(ds)
@@ -182,29 +185,19 @@ def test_hounsfield_units_are_plausible_per_tissue(demo):
             assert hu[0, 0] == -1000
         air = hu[fov_mask(hu.shape, 248) & (hu < -900)]
         assert air.size > 10_000 and abs(np.median(air) + 1000) <= 5
-        position = float(ds.ImagePositionPatient[2])
-        series_z = heights_by_series(root)[ds.SeriesInstanceUID]
-        if not 0.4 <= (position - series_z.min()) / np.ptp(series_z) <= 0.7:
-            continue  # the cerebrum's mid levels: above the skull base, below the vertex
-        # the skull is a closed ring (> +600 HU) around the brain: the region it encloses misses the border
-        skull = hu > 600
+        if not 5.0 <= levels[path.stem] <= 40.0 or path.stem in opened:
+            continue  # the cerebrum's mid levels (above the skull base, below the vertex) of an intact skull
+        # the skull is a closed ring (> +600 HU, its sub-mm sutures bridged) around the brain: the region it
+        # encloses misses the border
+        skull = ndimage.binary_closing(hu > 600, structure=np.ones((5, 5), dtype=bool))
         enclosed, _ = ndimage.label(~skull)
         centre = tuple(int(round(c)) for c in ndimage.center_of_mass(skull))
         inside = enclosed == enclosed[centre]
         assert not skull[centre] and not (inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any())
         brain_medians.append(np.median(hu[inside & (hu > -100) & (hu < 100)]))
     assert len(brain_medians) >= 5
-    assert all(20 <= m <= 45 for m in brain_medians), brain_medians
-
-
-@functools.lru_cache(maxsize=None)
-def heights_by_series(root: Path) -> dict[str, np.ndarray]:
-    """ImagePositionPatient z of every slice, per series (headers only)."""
-    out = defaultdict(list)
-    for p in root.glob("stage_2_*/*.dcm"):
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-        out[ds.SeriesInstanceUID].append(float(ds.ImagePositionPatient[2]))
-    return {uid: np.asarray(z) for uid, z in out.items()}
+    assert all(25 <= m <= 42 for m in brain_medians), brain_medians
+    assert 30 <= np.median(brain_medians) <= 38  # real parenchyma: median 30-38 HU
 
 
 def test_bleed_polygons_outline_hyperdense_blood(demo):
@@ -224,7 +217,9 @@ def test_bleed_polygons_outline_hyperdense_blood(demo):
         # an outline hugging the inner table takes in a rim of partial-volume skull: leave bone out
         medians.append(np.median(inside[inside < 300]))
     assert len(medians) >= 5
-    assert all(50 <= m <= 90 for m in medians), medians
+    # acute blood 40-80 HU, lower where CSF dilutes it (ventricles, sulci) or a subdural is older
+    assert all(15 <= m <= 85 for m in medians), medians
+    assert 45 <= np.median(medians) <= 68, medians
 
 
 # ------------------------------------------------------------------------------------------- labels
@@ -395,7 +390,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     generate_dataset(tmp_path / "b", patients=2, seed=3, test_fraction=0.5, corrupt=1, workers=2, progress=False)
     generate_dataset(tmp_path / "c", patients=2, seed=4, test_fraction=0.5, corrupt=1, workers=2, progress=False)
     da, db, dc = (tree_digest(tmp_path / n) for n in "abc")
-    assert len(da) == a["slices"]["train"] + a["slices"]["test"] + 8
+    assert len(da) == a["slices"]["train"] + a["slices"]["test"] + 10
     assert da == db
     assert da != dc and not set(da.values()) & set(v for k, v in dc.items() if k.endswith(".dcm"))
 

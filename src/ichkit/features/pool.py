@@ -42,7 +42,7 @@ def _compute_one(work: str, image_id: str, settings: FeatureSettings, sets: tupl
 
 
 def compute(work: Path, ids: Sequence[str], settings: FeatureSettings, sets: tuple[str, ...],
-             workers: int, chunksize: int, progress: bool) -> dict[str, pd.DataFrame]:
+             workers: int, chunksize: int, progress: bool, hu_units: bool = True) -> dict[str, pd.DataFrame]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial

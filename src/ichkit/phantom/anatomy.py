@@ -279,8 +279,8 @@ class HeadAnatomy:
             hu=hu,
             structures=structures,
             calcifications=calcifications,
-            warp=DirectionalField.sample(rng, waves=6, frequency=2.5, amplitude=float(rng.uniform(0.04, 0.08))),
-            texture=DirectionalField.sample(rng, waves=6, frequency=5.0, amplitude=float(rng.uniform(0.8, 2.0))),
+            warp=DirectionalField.sample(rng, waves=4, frequency=2.5, amplitude=float(rng.uniform(0.04, 0.08))),
+            texture=DirectionalField.sample(rng, waves=4, frequency=5.0, amplitude=float(rng.uniform(0.8, 2.0))),
             falx_wave=(float(rng.uniform(0.8, 2.5)), float(rng.uniform(0.02, 0.05)), float(rng.uniform(0.02, 0.05)),
                        float(rng.uniform(0, 2 * math.pi))),
             scalp_haematoma=scalp_haematoma,
@@ -370,7 +370,7 @@ class HeadAnatomy:
         hu[diploe] = self.hu.diploe
         inner = bone & (outside < t_inner)
         hu[inner] = self.hu.inner_table
-        self._sutures_and_defects(du, dv, dw, r, outside, t_bone, bone, hu, tissue)
+        self._sutures_and_defects(du, dv, dw, r, outside, t_bone, bone & (outside >= 0), hu, tissue)
         self._face_and_skull_base(u, v, w, hu, tissue)
 
         # intracranial contents, evaluated only where needed
@@ -386,13 +386,14 @@ class HeadAnatomy:
                              tissue: np.ndarray) -> None:
         """Zig-zag sutures through the vault (sagittal, coronal, lambdoid), a craniotomy defect, and a scalp
         haematoma (blood outside the skull)."""
-        zig = np.float32(0.012) * np.sin(np.float32(40.0) * (du + dv + dw))
-        half = np.float32(0.35) / r  # 0.35 mm half-width, as an angle
-        sagittal = (np.abs(du + zig) < half) & (dw > 0.35)
-        coronal = (np.abs(dv + 0.3 + 0.05 * np.abs(du) + zig) < half) & (dw > 0.15)
-        lambdoid = (np.abs(dv - 0.72 + 0.3 * np.abs(du) - 0.2 * dw + zig) < half) & (dw > -0.2) & (dv > 0)
-        suture = bone & (sagittal | coronal | lambdoid)
-        hu[suture] = self.hu.suture
+        vault = np.flatnonzero(bone & (dw > -0.2))  # sutures cross the vault only: evaluate just there
+        bu, bv, bw = du[vault], dv[vault], dw[vault]
+        zig = np.float32(0.012) * np.sin(np.float32(40.0) * (bu + bv + bw))
+        half = np.float32(0.35) / r[vault]  # 0.35 mm half-width, as an angle
+        sagittal = (np.abs(bu + zig) < half) & (bw > 0.35)
+        coronal = (np.abs(bv + 0.3 + 0.05 * np.abs(bu) + zig) < half) & (bw > 0.15)
+        lambdoid = (np.abs(bv - 0.72 + 0.3 * np.abs(bu) - 0.2 * bw + zig) < half) & (bv > 0)
+        hu[vault[sagittal | coronal | lambdoid]] = self.hu.suture
         if self.craniotomy is not None:
             az, el, radius = self.craniotomy
             centre = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], np.float32)
