@@ -215,6 +215,67 @@ def report(r: dict) -> list[Line]:
     return lines
 
 
+def pictures(root: Path, out: Path, per_row: int = 3, size: int = 200) -> list[Path]:
+    """One PNG per subtype (and one of normal slices with blood mimics): `per_row` slices from different
+    studies in the brain window (40/80), above the same slices with the outline drawn in red."""
+    import cv2
+    from scipy import ndimage as ndi
+
+    labels = pd.concat([read_rsna_long_labels(root / "stage_2_train.csv"),
+                        read_rsna_long_labels(root / "_truth" / "stage_2_test_labels.csv")]).set_index("image_id")
+    polygons = {}
+    for p in (root / "Results_demo.csv", root / "_truth" / "Results_test.csv"):
+        polygons.update(polygons_by_image(read_polygon_csv(p)))
+    truth = {r["image_id"]: r for r in _read_csv(root / "_truth" / "slices.csv")}
+    paths = {p.stem: p for folder in ("stage_2_train", "stage_2_test") for p in (root / folder).glob("*.dcm")}
+    single = labels[labels[list(SUBTYPES)].sum(axis=1) == 1]
+    groups: dict[str, list[str]] = {s: single.index[single[s] == 1].tolist() for s in SUBTYPES}
+    groups["multi"] = labels.index[labels[list(SUBTYPES)].sum(axis=1) >= 2].tolist()
+    mimic = lambda i: sum(int(truth[i][k]) for k in ("calcification", "venous_sinus", "scalp_haematoma")) \
+        + 400 * int(truth[i]["streaks"])  # noqa: E731
+    negatives = labels.index[labels["any"] == 0].tolist()
+    groups["normal_with_mimics"] = sorted((i for i in negatives if i in truth), key=mimic, reverse=True)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, ids in groups.items():
+        ids = [i for i in ids if i in paths]
+        if name in SUBTYPES or name == "multi":  # the largest outlines first
+            ids.sort(key=lambda i: -int(rasterize(polygons[i], SIZE, SIZE).sum()) if i in polygons else 0)
+        chosen, studies = [], set()
+        for i in ids:
+            study = truth[i]["study_id"]
+            if study not in studies:
+                chosen.append(i)
+                studies.add(study)
+            if len(chosen) == per_row:
+                break
+        tiles = []
+        for i in chosen:
+            hu = load_dicom(paths[i]).hu()
+            grey = np.clip((hu - 0.0) / 80.0 * 255.0, 0, 255).astype(np.uint8)
+            rows, cols = np.nonzero(hu > -500)
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            side = max(r1 - r0, c1 - c0)
+            rc, cc = (r0 + r1) // 2, (c0 + c1) // 2
+            box = (slice(max(rc - side // 2, 0), rc + side // 2), slice(max(cc - side // 2, 0), cc + side // 2))
+            plain = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+            outlined = plain.copy()
+            if i in polygons:
+                mask = rasterize(polygons[i], SIZE, SIZE).astype(bool)
+                edge = mask & ~ndi.binary_erosion(mask)
+                outlined[ndi.binary_dilation(edge)] = (0, 0, 255)
+            tiles.append([cv2.resize(img[box], (size, size), interpolation=cv2.INTER_AREA) for img in (plain, outlined)])
+        if not tiles:
+            continue
+        gap = np.full((size, 4, 3), 255, np.uint8)
+        top = np.hstack([x for t_ in tiles for x in (t_[0], gap)][:-1])
+        bottom = np.hstack([x for t_ in tiles for x in (t_[1], gap)][:-1])
+        path = out / f"phantom_{name}.png"
+        cv2.imwrite(str(path), np.vstack([top, np.full((4, top.shape[1], 3), 255, np.uint8), bottom]))
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="a phantom dataset (default: the default demo, cached)")
@@ -222,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="seed of the generated demo (demo.seed)")
     ap.add_argument("--negatives", type=int, default=300, help="normal slices sampled for brain and noise figures")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "phantom_realism.json")
+    ap.add_argument("--pictures", type=Path, default=None,
+                    help="also write side-by-side brain-window PNGs per subtype into this folder (e.g. docs/)")
     args = ap.parse_args(argv)
     root = args.data
     if root is None:
@@ -230,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         demo = load_config()["demo"]
         root = cached_dataset(args.patients or demo["patients"], args.seed if args.seed is not None else demo["seed"],
                               demo["test_fraction"], demo["corrupt"])
+    if args.pictures is not None:
+        for path in pictures(Path(root), args.pictures):
+            print(f"wrote {path}")
     t0 = time.perf_counter()
     result = measure(Path(root), args.negatives)
     lines = report(result)

@@ -207,10 +207,11 @@ def smoothed_hu(hu: np.ndarray, size: int) -> np.ndarray:
 
 
 def blood_candidates(hu: np.ndarray, brain: np.ndarray, settings: FeatureSettings,
-                     min_px: int | None = None) -> np.ndarray:
+                     min_px: int | None = None, smooth: np.ndarray | None = None) -> np.ndarray:
     """The hyperdense blood-candidate mask (bool, the shape of `hu`): brain pixels whose median-smoothed HU
     lies in `settings.clot_hu`, opened by a radius-1 disk, in connected components (8-connectivity) of at
-    least `min_px` pixels (default `settings.min_blood_px`, sized for the cls_size HU map).
+    least `min_px` pixels (default `settings.min_blood_px`, sized for the cls_size HU map). `smooth` is
+    `smoothed_hu(hu, settings.smooth_px)` where the caller has it already.
 
     This is THE definition of "looks like acute blood" in the project: the radiomic features measure its
     components and the HU-threshold segmentation baseline uses it as its mask.
@@ -219,7 +220,8 @@ def blood_candidates(hu: np.ndarray, brain: np.ndarray, settings: FeatureSetting
 
     if hu.shape != brain.shape:
         raise ValueError(f"HU map {hu.shape} and brain mask {brain.shape} differ in shape")
-    smooth = smoothed_hu(hu, settings.smooth_px)
+    if smooth is None:
+        smooth = smoothed_hu(hu, settings.smooth_px)
     clot = brain & (smooth >= settings.clot_hu[0]) & (smooth <= settings.clot_hu[1])
     clot = ndi.binary_opening(clot, structure=_disk(1))
     labels, n = ndi.label(clot, structure=np.ones((3, 3), dtype=bool))
@@ -282,7 +284,7 @@ def radiomic_features(hu: np.ndarray, settings: FeatureSettings) -> dict[str, fl
     deep = brain & (dist_table > settings.deep_depth * inradius)
     f["rim_hu_p99"] = float(np.percentile(smooth[rim], 99)) if rim.any() else 0.0
     f["deep_hu_p99"] = float(np.percentile(smooth[deep], 99)) if deep.any() else 0.0
-    labels = label(blood_candidates(hu, brain, settings), connectivity=2)
+    labels = label(blood_candidates(hu, brain, settings, smooth=smooth), connectivity=2)
     regions = list(regionprops(labels))
     if regions:
         keep = np.isin(labels, [r.label for r in regions])
