@@ -8,7 +8,7 @@ temp folder and reused. Everything is measured the way anyone could measure real
 (HU through the project's reader), the label CSVs and the polygon outlines (train and `_truth/` test);
 only the hard-negative counts and the pose come from `_truth/slices.csv` / `_truth/acquisitions.csv`,
 since a blood mimic is by definition not labelled in the files. The brain mask is the radiomic features'
-own (`ichkit.features.head_masks`, at 512 px). Exit code 1 if any line fails.
+own (`ichkit.features.head_masks`, made at `prepare.cls_size` as the features make it). Exit code 1 if any line fails.
 """
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ def measure(root: Path, negatives: int, seed: int = 0) -> dict:
     paths = {k: v for k, v in paths.items() if k not in corrupt}
     truth_slices = {r["image_id"]: r for r in _read_csv(root / "_truth" / "slices.csv")}
     acquisitions = _read_csv(root / "_truth" / "acquisitions.csv")
+    import cv2
+
     cfg = load_config()
     settings = FeatureSettings.from_config(cfg)
+    settings_size = int(cfg["prepare"]["cls_size"])
 
     positive = [i for i in paths if i in labels.index and labels.loc[i, "any"] == 1]
     negative = [i for i in paths if i in labels.index and labels.loc[i, "any"] == 0]
@@ -85,8 +88,10 @@ def measure(root: Path, negatives: int, seed: int = 0) -> dict:
         hu = sl.hu()
         if hu.shape != (SIZE, SIZE):
             continue
-        masks = head_masks(hu, settings)
-        brain = masks.brain
+        # the features' own brain mask, made where they make it (the cls_size HU map), brought back to 512
+        small = cv2.resize(hu, (settings_size, settings_size), interpolation=cv2.INTER_AREA)
+        brain_small = head_masks(small, settings).brain
+        brain = cv2.resize(brain_small.astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_NEAREST).astype(bool)
         lab = labels.loc[image_id]
         bleed = rasterize(polygons[image_id], SIZE, SIZE).astype(bool) if image_id in polygons else np.zeros_like(brain)
         parenchyma = brain & ~ndi.binary_dilation(bleed, iterations=3) & (hu > 15) & (hu < 100)
@@ -105,7 +110,8 @@ def measure(root: Path, negatives: int, seed: int = 0) -> dict:
                     a, b = resid[:, :-1][pair], resid[:, 1:][pair]
                     m["noise_corr"].append(float(np.corrcoef(a, b)[0, 1]))
         if lab["any"] == 0:
-            m["negative_candidates"].append(bool(blood_candidates(hu, brain, settings, min_px=4 * settings.min_blood_px).any()))
+            # what the radiomic features would count as blood on this normal slice
+            m["negative_candidates"].append(bool(blood_candidates(small, brain_small, settings).any()))
             continue
         if bleed.sum() == 0:
             continue
@@ -215,7 +221,7 @@ def report(r: dict) -> list[Line]:
     return lines
 
 
-def pictures(root: Path, out: Path, per_row: int = 3, size: int = 200) -> list[Path]:
+def pictures(root: Path, out: Path, per_row: int = 3, size: int = 160) -> list[Path]:
     """One PNG per subtype (and one of normal slices with blood mimics): `per_row` slices from different
     studies in the brain window (40/80), above the same slices with the outline drawn in red."""
     import cv2
@@ -271,7 +277,8 @@ def pictures(root: Path, out: Path, per_row: int = 3, size: int = 200) -> list[P
         top = np.hstack([x for t_ in tiles for x in (t_[0], gap)][:-1])
         bottom = np.hstack([x for t_ in tiles for x in (t_[1], gap)][:-1])
         path = out / f"phantom_{name}.png"
-        cv2.imwrite(str(path), np.vstack([top, np.full((4, top.shape[1], 3), 255, np.uint8), bottom]))
+        cv2.imwrite(str(path), np.vstack([top, np.full((4, top.shape[1], 3), 255, np.uint8), bottom]),
+                    [cv2.IMWRITE_PNG_COMPRESSION, 9])
         written.append(path)
     return written
 
