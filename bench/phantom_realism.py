@@ -55,18 +55,24 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _ground_truth(root: Path) -> tuple[pd.DataFrame, dict[str, list[np.ndarray]], dict[str, Path]]:
+    """Labels (train + `_truth` test, indexed by image id), polygon outlines by image, DICOM path by image."""
+    labels = pd.concat([read_rsna_long_labels(root / "stage_2_train.csv"),
+                        read_rsna_long_labels(root / "_truth" / "stage_2_test_labels.csv")]).set_index("image_id")
+    polygons: dict[str, list[np.ndarray]] = {}
+    for p in (root / "Results_demo.csv", root / "_truth" / "Results_test.csv"):
+        polygons.update(polygons_by_image(read_polygon_csv(p)))
+    paths = {p.stem: p for folder in ("stage_2_train", "stage_2_test") for p in (root / folder).glob("*.dcm")}
+    return labels, polygons, paths
+
+
 def measure(root: Path, negatives: int, seed: int = 0) -> dict:
     """Every figure the report prints, from the files of the dataset at `root`."""
     from scipy import ndimage as ndi
 
     summary = json.loads((root / "demo.json").read_text())
     corrupt = {c["image_id"] for c in summary["corrupt"]}
-    labels = pd.concat([read_rsna_long_labels(root / "stage_2_train.csv"),
-                        read_rsna_long_labels(root / "_truth" / "stage_2_test_labels.csv")]).set_index("image_id")
-    polygons = {}
-    for p in (root / "Results_demo.csv", root / "_truth" / "Results_test.csv"):
-        polygons.update(polygons_by_image(read_polygon_csv(p)))
-    paths = {p.stem: p for folder in ("stage_2_train", "stage_2_test") for p in (root / folder).glob("*.dcm")}
+    labels, polygons, paths = _ground_truth(root)
     paths = {k: v for k, v in paths.items() if k not in corrupt}
     truth_slices = {r["image_id"]: r for r in _read_csv(root / "_truth" / "slices.csv")}
     acquisitions = _read_csv(root / "_truth" / "acquisitions.csv")
@@ -227,13 +233,8 @@ def pictures(root: Path, out: Path, per_row: int = 3, size: int = 160) -> list[P
     import cv2
     from scipy import ndimage as ndi
 
-    labels = pd.concat([read_rsna_long_labels(root / "stage_2_train.csv"),
-                        read_rsna_long_labels(root / "_truth" / "stage_2_test_labels.csv")]).set_index("image_id")
-    polygons = {}
-    for p in (root / "Results_demo.csv", root / "_truth" / "Results_test.csv"):
-        polygons.update(polygons_by_image(read_polygon_csv(p)))
+    labels, polygons, paths = _ground_truth(root)
     truth = {r["image_id"]: r for r in _read_csv(root / "_truth" / "slices.csv")}
-    paths = {p.stem: p for folder in ("stage_2_train", "stage_2_test") for p in (root / folder).glob("*.dcm")}
     single = labels[labels[list(SUBTYPES)].sum(axis=1) == 1]
     groups: dict[str, list[str]] = {s: single.index[single[s] == 1].tolist() for s in SUBTYPES}
     groups["multi"] = labels.index[labels[list(SUBTYPES)].sum(axis=1) >= 2].tolist()
