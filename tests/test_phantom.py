@@ -411,6 +411,26 @@ def test_cli_writes_then_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"  # --force replaces only what the generator wrote
 
 
+def test_cli_takes_its_defaults_from_the_config_only(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from ichkit.config import load_config
+    from ichkit.phantom import cli, dataset
+
+    seen = {}
+    monkeypatch.setattr(dataset, "generate_dataset", lambda out, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(cli, "format_summary", lambda out, summary: "")
+    cfg = load_config(overrides=[f"demo.out={tmp_path / 'd'}", "demo.patients=3", "demo.seed=5"])
+    flags = argparse.Namespace(out=None, patients=None, seed=None, test_fraction=None, corrupt=None, workers=None,
+                               force=False)
+    assert cli.run(flags, cfg) == 0
+    demo = load_config()["demo"]
+    assert seen == {"patients": 3, "seed": 5, "test_fraction": demo["test_fraction"], "corrupt": demo["corrupt"],
+                    "workers": demo["workers"]}
+    del cfg["demo"]["seed"]
+    assert cli.run(flags, cfg) == 2 and "demo.seed" in capsys.readouterr().err
+
+
 def test_generate_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="patients"):
         generate_dataset(tmp_path / "x", patients=0, seed=1)
