@@ -286,3 +286,32 @@ def test_every_radiomic_feature_is_documented():
     for name, (definition, why) in features.RADIOMIC_DOC.items():
         # the README row is the code's own text (RADIOMIC_DOC), so the two cannot drift apart
         assert f"| `{name}` | {definition} | {why} |" in doc, f"{name}: README feature table differs from RADIOMIC_DOC"
+
+
+def test_a_rendered_layout_measures_inside_the_bone_window_skull_or_is_refused(small_work):
+    work, slices, cfg = small_work
+    ids = slices["image_id"].tolist()
+    meta = json.loads((work / "table.json").read_text())
+    (work / "table.json").write_text(json.dumps({**meta, "layout": "renders"}))  # PNG windows: no HU
+    cache = ImageCache(work)
+    for image_id in ids:  # what a render's HU map is: the brain window mapped back, 0-80 HU
+        cache.save("hu", image_id, (cache.load("cls", image_id)[..., 0].astype(np.int16) * 80 // 255))
+    rendered = ensure_features(work, ids, cfg, sets=("radiomic",), progress=False)["radiomic"]
+    assert (rendered["brain_mask_from_hull"] == 0).all()  # the bone window closes the skull
+    from ichkit.features.analysis import composite_hu
+    settings = FeatureSettings.from_config(cfg)
+    expected = radiomic_features(composite_hu(cache.load("cls", ids[0]), settings), settings)
+    assert rendered.loc[ids[0], "brain_area_frac"] == pytest.approx(expected["brain_area_frac"])
+    # a bone channel that shows no skull (a render exported without it): every mask would be a guess
+    (work / "features" / "radiomic.json").unlink()
+    for image_id in ids:
+        image = cache.load("cls", image_id)
+        image[..., 2] = 0
+        cache.save("cls", image_id, image)
+    with pytest.raises(FeatureError, match="closes the skull on only 0%"):
+        ensure_features(work, ids, cfg, sets=("radiomic",), progress=False)
+    # windows without a bone window: no brain mask can be made, so the radiomic set is refused
+    cfg = {**cfg, "prepare": {**cfg["prepare"], "windows": {"brain": [40, 80], "subdural": [80, 200],
+                                                            "stroke": [40, 40]}}}
+    with pytest.raises(FeatureError, match="bone-window"):
+        ensure_features(work, ids, cfg, sets=("radiomic",), progress=False)

@@ -9,7 +9,10 @@
   ventricles, up to a horizontal blood-CSF level; in severe cases a cast filling them.
 
 A bleed is evaluated at points like the anatomy is, so its extent along z follows from its 3-D shape and a
-slice's label comes from what is actually rendered in it.
+slice's label comes from what is actually rendered in it. Densities follow real acute blood per subtype
+(`BLOOD_HU`, shifted per patient by the haematocrit), mixed with CSF where the blood lies in it (`FILL`),
+inhomogeneous inside (waves, hypodense pockets; mixed and subacute subdurals), and soft at the edge: each
+bleed has a partial-volume occupancy, and the labelled mask is where it fills at least half a pixel.
 """
 
 from __future__ import annotations

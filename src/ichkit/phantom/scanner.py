@@ -5,6 +5,10 @@ superior. Rows of an image run along `row_direction` (= +x), columns along `colu
 tilted with the gantry), so the images are in the usual radiological orientation: anterior at the top,
 the patient's left on the right. The patient lies supine, so gravity points to +y in every slice, which is
 why the head holder and blood-fluid levels are placed in world, not head, coordinates.
+
+Each study draws its protocol (slice thickness 0.625-5 mm with matching z steps, pixel spacing, kernel
+sharpness, noise level and grain) and pose (offset, rotation up to 30 degrees, a few cut by the field of
+view or written transposed) and its artefacts (beam-hardening streaks at the skull base, motion blur).
 """
 
 from __future__ import annotations
