@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from ichkit import features
 from ichkit.cache import ImageCache
+from ichkit.config import load_config
 from ichkit.features import (
     FeatureError,
     FeatureSettings,
+    blood_candidates,
     ensure_features,
     head_masks,
     load_features,
@@ -24,7 +28,8 @@ from ichkit.features import (
 )
 from synthetic_ct import BRAIN_AXES, WINDOWS, config_for, head_slice, make_work
 
-SETTINGS = FeatureSettings(windows=tuple((k, float(c), float(w)) for k, (c, w) in WINDOWS.items()))
+SETTINGS = replace(FeatureSettings.from_config(load_config()),
+                   windows=tuple((k, float(c), float(w)) for k, (c, w) in WINDOWS.items()))
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +46,7 @@ def by_class() -> dict[str, pd.DataFrame]:
 
 def test_brain_mask_is_the_inside_of_the_skull():
     hu = head_slice("normal", np.random.default_rng(0))
-    masks = head_masks(hu, bone_hu=300, erode_px=2)
+    masks = head_masks(hu, SETTINGS)
     assert not masks.from_hull
     assert not (masks.brain & (hu >= 300)).any(), "brain mask contains bone"
     assert not (masks.brain & (hu < -500)).any(), "brain mask contains air"
@@ -53,13 +58,62 @@ def test_brain_mask_is_the_inside_of_the_skull():
     assert scalp.any() and not (scalp & masks.brain).any()
 
 
+def test_a_gap_in_the_skull_is_closed_by_a_wider_closing_before_the_hull():
+    hu = head_slice("normal", np.random.default_rng(0)).copy()
+    hu[:, 124:132][hu[:, 124:132] >= 300] = 30  # an 8-px gap at the front and back (sutures, thin slices)
+    masks = head_masks(hu, SETTINGS)
+    assert not masks.from_hull and masks.closing_px > SETTINGS.skull_close_px[0]
+    expected = np.pi * (BRAIN_AXES[0] - 2) * (BRAIN_AXES[1] - 2)
+    assert abs(masks.brain.sum() - expected) / expected < 0.05
+    f = radiomic_features(hu, SETTINGS)
+    assert f["brain_mask_closing"] == masks.closing_px and f["brain_mask_from_hull"] == 0
+
+
 def test_open_skull_falls_back_to_the_convex_hull():
     hu = head_slice("normal", np.random.default_rng(0)).copy()
-    hu[:, 120:136][hu[:, 120:136] >= 300] = 30  # a 16-px gap at the front and back: fill_holes leaks
-    masks = head_masks(hu)
-    assert masks.from_hull
+    hu[:, 108:148][hu[:, 108:148] >= 300] = 30  # a 40-px gap at the front and back: no closing bridges it
+    masks = head_masks(hu, SETTINGS)
+    assert masks.from_hull and masks.closing_px == 0
     expected = np.pi * (BRAIN_AXES[0] - 2) * (BRAIN_AXES[1] - 2)
     assert abs(masks.brain.sum() - expected) / expected < 0.1
+
+
+def test_rendered_windows_give_a_brain_mask_from_the_bone_channel():
+    from ichkit.features.analysis import composite_hu
+    from ichkit.windows import hu_map  # noqa: F401  (the cached pseudo-HU of a render spans 0-80 HU only)
+
+    hu = head_slice("normal", np.random.default_rng(0)).astype(np.float32)
+    channels = [np.clip((hu - (c - w / 2)) / w * 255, 0, 255).round().astype(np.uint8) for _, c, w in SETTINGS.windows]
+    render = np.stack(channels, axis=-1)
+    pseudo = channels[0].astype(np.float32) / 255 * 80  # what a render's HU map is: the brain window only
+    assert head_masks(pseudo, SETTINGS).from_hull  # the skull threshold never fires on it
+    masks = head_masks(composite_hu(render, SETTINGS), SETTINGS)
+    truth = head_masks(hu, SETTINGS)
+    assert not masks.from_hull
+    assert (masks.brain ^ truth.brain).sum() / truth.brain.sum() < 0.02
+    no_bone = replace(SETTINGS, windows=(("brain", 40.0, 80.0), ("subdural", 80.0, 200.0), ("stroke", 40.0, 40.0)))
+    with pytest.raises(FeatureError, match="bone-window"):
+        composite_hu(render, no_bone)
+
+
+def test_blood_candidates_are_the_hyperdense_brain_components_the_features_count():
+    hu = head_slice("normal", np.random.default_rng(0)).astype(np.float32)
+    brain = head_masks(hu, SETTINGS).brain
+    rr, cc = np.mgrid[:256, :256]
+    clot = (rr - 128) ** 2 + (cc - 110) ** 2 <= 36           # 113 px at 60 HU: kept
+    speck = (rr - 100) ** 2 + (cc - 150) ** 2 <= 2            # 9 px: below min_blood_px, dropped
+    calcification = (rr - 150) ** 2 + (cc - 150) ** 2 <= 16   # 49 px at 250 HU: above clot_hu, dropped
+    hu[clot | speck] = 60
+    hu[calcification] = 250
+    outside = (rr < 20) & (cc > 100) & (cc < 140)             # scalp / air region outside the brain
+    hu[outside] = 60
+    mask = blood_candidates(hu, brain, SETTINGS)
+    assert mask.dtype == bool and mask.shape == hu.shape
+    assert mask[clot & brain].mean() > 0.9 and (mask & ~ndimage.binary_dilation(clot, iterations=1)).sum() == 0
+    assert not (mask & ~brain).any()
+    assert not blood_candidates(hu, brain, SETTINGS, min_px=200).any()
+    f = radiomic_features(hu, SETTINGS)
+    assert f["blood_count"] == 1 and f["blood_area_frac"] == pytest.approx(mask.sum() / brain.sum())
 
 
 def test_radiomic_features_are_named_finite_and_zero_without_blood(by_class):
@@ -118,13 +172,13 @@ def small_work(tmp_path: Path):
 
 def _count_computations(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = features._compute_one
+    real = features.pool._compute_one
 
-    def counting(work, image_id, settings, sets):
+    def counting(work, image_id, settings, sets, hu_units=True):
         calls.append(f"{image_id}:{'+'.join(sets)}")
-        return real(work, image_id, settings=settings, sets=sets)
+        return real(work, image_id, settings=settings, sets=sets, hu_units=hu_units)
 
-    monkeypatch.setattr(features, "_compute_one", counting)
+    monkeypatch.setattr(features.pool, "_compute_one", counting)
     return calls
 
 
@@ -164,22 +218,22 @@ def test_an_interrupted_run_keeps_the_batches_it_finished(small_work, monkeypatc
     assert len(ids) >= 5
     cfg["features"]["save_every"] = 2
     cfg["features"]["workers"] = 1
-    real = features._compute_one
+    real = features.pool._compute_one
     done: list[str] = []
 
-    def dies_on_the_fifth(work_, image_id, settings, sets):
+    def dies_on_the_fifth(work_, image_id, settings, sets, hu_units=True):
         if len(done) == 4:
             raise MemoryError("killed")  # the run dies inside the third batch
         done.append(image_id)
-        return real(work_, image_id, settings=settings, sets=sets)
+        return real(work_, image_id, settings=settings, sets=sets, hu_units=hu_units)
 
-    monkeypatch.setattr(features, "_compute_one", dies_on_the_fifth)
+    monkeypatch.setattr(features.pool, "_compute_one", dies_on_the_fifth)
     with pytest.raises(MemoryError):
         ensure_features(work, ids, cfg, progress=False)
     stored = pd.read_parquet(work / "features" / "radiomic.parquet")
     assert sorted(stored["image_id"]) == sorted(ids[:4])  # two saved batches of two
 
-    monkeypatch.setattr(features, "_compute_one", real)  # the machine is back
+    monkeypatch.setattr(features.pool, "_compute_one", real)  # the machine is back
     calls = _count_computations(monkeypatch)
     ensure_features(work, ids, cfg, progress=False)
     assert sorted(c.split(":")[0] for c in calls) == sorted(ids[4:])  # only what was still missing
@@ -232,3 +286,32 @@ def test_every_radiomic_feature_is_documented():
     for name, (definition, why) in features.RADIOMIC_DOC.items():
         # the README row is the code's own text (RADIOMIC_DOC), so the two cannot drift apart
         assert f"| `{name}` | {definition} | {why} |" in doc, f"{name}: README feature table differs from RADIOMIC_DOC"
+
+
+def test_a_rendered_layout_measures_inside_the_bone_window_skull_or_is_refused(small_work):
+    work, slices, cfg = small_work
+    ids = slices["image_id"].tolist()
+    meta = json.loads((work / "table.json").read_text())
+    (work / "table.json").write_text(json.dumps({**meta, "layout": "renders"}))  # PNG windows: no HU
+    cache = ImageCache(work)
+    for image_id in ids:  # what a render's HU map is: the brain window mapped back, 0-80 HU
+        cache.save("hu", image_id, (cache.load("cls", image_id)[..., 0].astype(np.int16) * 80 // 255))
+    rendered = ensure_features(work, ids, cfg, sets=("radiomic",), progress=False)["radiomic"]
+    assert (rendered["brain_mask_from_hull"] == 0).all()  # the bone window closes the skull
+    from ichkit.features.analysis import composite_hu
+    settings = FeatureSettings.from_config(cfg)
+    expected = radiomic_features(composite_hu(cache.load("cls", ids[0]), settings), settings)
+    assert rendered.loc[ids[0], "brain_area_frac"] == pytest.approx(expected["brain_area_frac"])
+    # a bone channel that shows no skull (a render exported without it): every mask would be a guess
+    (work / "features" / "radiomic.json").unlink()
+    for image_id in ids:
+        image = cache.load("cls", image_id)
+        image[..., 2] = 0
+        cache.save("cls", image_id, image)
+    with pytest.raises(FeatureError, match="closes the skull on only 0%"):
+        ensure_features(work, ids, cfg, sets=("radiomic",), progress=False)
+    # windows without a bone window: no brain mask can be made, so the radiomic set is refused
+    cfg = {**cfg, "prepare": {**cfg["prepare"], "windows": {"brain": [40, 80], "subdural": [80, 200],
+                                                            "stroke": [40, 40]}}}
+    with pytest.raises(FeatureError, match="bone-window"):
+        ensure_features(work, ids, cfg, sets=("radiomic",), progress=False)

@@ -16,6 +16,7 @@ brainstem, cisterns, cerebellum) are ellipsoids placed in proportion to the cavi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -43,6 +44,8 @@ class Tissue(IntEnum):
     FALX = 15
     CALCIFICATION = 16   # pineal gland, choroid plexus: dense but not blood
     ORBIT = 17
+    VENOUS_SINUS = 18    # dural venous sinuses (superior sagittal, transverse): 40-60 HU against the table
+    SCALP_HAEMATOMA = 19 # blood outside the skull: not an intracranial bleed
 
 
 # CSF-filled spaces where subarachnoid blood collects
@@ -154,6 +157,8 @@ class TissueHU:
     calcification: float
     orbit_fat: float
     globe: float
+    venous: float = 50.0
+    suture: float = 250.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,11 @@ class HeadAnatomy:
     hu: TissueHU
     structures: dict[str, list[Ellipsoid]] = field(default_factory=dict)
     calcifications: list[Ellipsoid] = field(default_factory=list)
+    warp: DirectionalField | None = None       # bends the sulci and fissures (no straight lines)
+    texture: DirectionalField | None = None    # slow +-HU inhomogeneity of the parenchyma
+    falx_wave: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # amplitude (mm), freq v, freq w, phase
+    scalp_haematoma: tuple[float, float, float, float, float] | None = None  # azimuth, elevation, extent, thickness, HU
+    craniotomy: tuple[float, float, float] | None = None  # azimuth, elevation, radius (mm) of a bone flap removed
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -208,13 +218,13 @@ class HeadAnatomy:
         c = rng.uniform(66.0, 74.0)            # centre to vertex (inner table)
         atrophy = rng.beta(1.5, 4.0)           # 0 young .. 1 very atrophic: wider sulci and ventricles
         vscale = 0.85 + 0.8 * atrophy
-        grey = rng.uniform(35.0, 40.0)
+        grey = rng.uniform(36.0, 41.0)
         hu = TissueHU(
             scalp=rng.uniform(30.0, 55.0),
             fat=rng.uniform(-105.0, -80.0),
-            outer_table=rng.uniform(1250.0, 1550.0),
-            diploe=rng.uniform(650.0, 900.0),
-            inner_table=rng.uniform(1200.0, 1500.0),
+            outer_table=rng.uniform(1000.0, 1400.0),
+            diploe=rng.uniform(550.0, 850.0),
+            inner_table=rng.uniform(950.0, 1350.0),
             csf=rng.uniform(2.0, 12.0),
             grey=grey,
             white=grey - rng.uniform(7.0, 11.0),
@@ -225,6 +235,8 @@ class HeadAnatomy:
             calcification=rng.uniform(150.0, 400.0),
             orbit_fat=rng.uniform(-110.0, -80.0),
             globe=rng.uniform(5.0, 20.0),
+            venous=rng.uniform(40.0, 60.0),
+            suture=rng.uniform(150.0, 400.0),
         )
         structures = _deep_structures(a, b, c, vscale, rng)
         calcifications = []
@@ -233,26 +245,46 @@ class HeadAnatomy:
         if rng.random() < 0.4:  # choroid plexus in both atria
             glomus = Ellipsoid((0.30 * a * vscale ** 0.5, 0.36 * b, 0.12 * c), (2.0, 2.5, 2.0))
             calcifications += [glomus, glomus.mirrored()]
+        if rng.random() < 0.15:  # plaques of dural calcification along the falx
+            for _ in range(int(rng.integers(1, 4))):
+                calcifications.append(Ellipsoid((0.0, float(rng.uniform(-0.6, 0.5)) * b, float(rng.uniform(0.3, 0.8)) * c),
+                                                (0.8, float(rng.uniform(2.0, 6.0)), float(rng.uniform(1.5, 4.0)))))
+        if rng.random() < 0.1:  # globus pallidus calcification, both sides
+            gp = Ellipsoid((0.30 * a, -0.05 * b, 0.02 * c), (float(rng.uniform(1.5, 3.0)), float(rng.uniform(2.0, 4.0)), 2.5))
+            calcifications += [gp, gp.mirrored()]
+        scalp_haematoma = None
+        if rng.random() < 0.1:
+            scalp_haematoma = (float(rng.uniform(-math.pi, math.pi)), float(rng.uniform(0.0, 0.8)),
+                               float(rng.uniform(25.0, 50.0)), float(rng.uniform(4.0, 12.0)), float(rng.uniform(50.0, 75.0)))
+        craniotomy = None
+        if rng.random() < 0.05:
+            craniotomy = (float(rng.uniform(-math.pi, math.pi)), float(rng.uniform(0.1, 0.7)), float(rng.uniform(15.0, 30.0)))
         return cls(
             semi_axes=(a, b, c),
             floor_depth=(rng.uniform(30.0, 35.0), rng.uniform(38.0, 44.0), rng.uniform(50.0, 56.0)),
-            shape=DirectionalField.sample(rng, waves=5, frequency=3.0, amplitude=0.02),
-            inner_table=rng.uniform(1.2, 2.0),
-            diploe=rng.uniform(2.0, 4.0),
-            outer_table=rng.uniform(1.5, 2.5),
+            shape=DirectionalField.sample(rng, waves=8, frequency=4.0, amplitude=0.025),
+            inner_table=rng.uniform(1.0, 1.8),
+            diploe=rng.uniform(1.5, 3.5),
+            outer_table=rng.uniform(1.3, 2.3),
             base_thickening=rng.uniform(1.5, 2.5),
             scalp=rng.uniform(4.0, 7.0),
             csf_gap=rng.uniform(0.6, 1.2) + 1.5 * atrophy,
             ribbon=rng.uniform(2.5, 3.5),
-            sulcal_field=DirectionalField.sample(rng, waves=8, frequency=17.0, amplitude=1.0),
-            fold_field=DirectionalField.sample(rng, waves=4, frequency=6.0, amplitude=0.3),
+            sulcal_field=DirectionalField.sample(rng, waves=10, frequency=24.0, amplitude=1.0),
+            fold_field=DirectionalField.sample(rng, waves=5, frequency=9.0, amplitude=0.45),
             sulcal_halfwidth=0.4 + 1.4 * atrophy,
-            sulcal_depth=rng.uniform(9.0, 14.0),
+            sulcal_depth=rng.uniform(7.0, 12.0),
             fissure_halfwidth=0.8 + 1.5 * atrophy,
             ventricle_scale=vscale,
             hu=hu,
             structures=structures,
             calcifications=calcifications,
+            warp=DirectionalField.sample(rng, waves=4, frequency=4.0, amplitude=float(rng.uniform(0.08, 0.14))),
+            texture=DirectionalField.sample(rng, waves=4, frequency=5.0, amplitude=float(rng.uniform(0.8, 2.0))),
+            falx_wave=(float(rng.uniform(0.8, 2.5)), float(rng.uniform(0.02, 0.05)), float(rng.uniform(0.02, 0.05)),
+                       float(rng.uniform(0, 2 * math.pi))),
+            scalp_haematoma=scalp_haematoma,
+            craniotomy=craniotomy,
         )
 
     # ------------------------------------------------------------------ geometry
@@ -289,7 +321,7 @@ class HeadAnatomy:
     def max_extent(self) -> tuple[float, float]:
         """Largest half-breadth and half-length of the head (skin), for fitting it in the field of view."""
         bone = (self.inner_table + self.diploe + self.outer_table) * self.base_thickening
-        extra = bone + self.scalp
+        extra = bone + self.scalp + (self.scalp_haematoma[3] if self.scalp_haematoma is not None else 0.0)
         bumps = float(np.abs(self.shape.amplitudes).sum())  # the irregularity can add at most this fraction
         return self.semi_axes[0] * (1 + bumps) + extra, self.semi_axes[1] * (1 + bumps) + extra
 
@@ -299,7 +331,8 @@ class HeadAnatomy:
         """No part of the head lies farther than this from the origin (mm)."""
         half_breadth, half_length = self.max_extent()
         face = self.structures["face"][0]
-        return max(half_breadth, half_length, self.vertex_level, float(np.linalg.norm(face.centre)) + max(face.axes)) + 2.0
+        extra = self.scalp_haematoma[3] if self.scalp_haematoma is not None else 0.0
+        return max(half_breadth, half_length, self.vertex_level, float(np.linalg.norm(face.centre)) + max(face.axes)) + 2.0 + extra
 
     def render(self, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> RenderedTissue:
         """Evaluate the head at points (u, v, w) (float32 arrays, head frame, mm)."""
@@ -337,6 +370,7 @@ class HeadAnatomy:
         hu[diploe] = self.hu.diploe
         inner = bone & (outside < t_inner)
         hu[inner] = self.hu.inner_table
+        self._sutures_and_defects(du, dv, dw, r, outside, t_bone, bone & (outside >= 0), hu, tissue)
         self._face_and_skull_base(u, v, w, hu, tissue)
 
         # intracranial contents, evaluated only where needed
@@ -346,6 +380,34 @@ class HeadAnatomy:
                                                         radius[inside])
         cavity = CavityFields(inside, tissue[inside], depth[inside], direction, radius[inside])
         return RenderedTissue(hu, tissue, cavity)
+
+    def _sutures_and_defects(self, du: np.ndarray, dv: np.ndarray, dw: np.ndarray, r: np.ndarray,
+                             outside: np.ndarray, t_bone: np.ndarray, bone: np.ndarray, hu: np.ndarray,
+                             tissue: np.ndarray) -> None:
+        """Zig-zag sutures through the vault (sagittal, coronal, lambdoid), a craniotomy defect, and a scalp
+        haematoma (blood outside the skull)."""
+        vault = np.flatnonzero(bone & (dw > -0.2))  # sutures cross the vault only: evaluate just there
+        bu, bv, bw = du[vault], dv[vault], dw[vault]
+        zig = np.float32(0.012) * np.sin(np.float32(40.0) * (bu + bv + bw))
+        half = np.float32(0.35) / r[vault]  # 0.35 mm half-width, as an angle
+        sagittal = (np.abs(bu + zig) < half) & (bw > 0.35)
+        coronal = (np.abs(bv + 0.3 + 0.05 * np.abs(bu) + zig) < half) & (bw > 0.15)
+        lambdoid = (np.abs(bv - 0.72 + 0.3 * np.abs(bu) - 0.2 * bw + zig) < half) & (bv > 0)
+        hu[vault[sagittal | coronal | lambdoid]] = self.hu.suture
+        if self.craniotomy is not None:
+            az, el, radius = self.craniotomy
+            centre = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], np.float32)
+            cos_angle = du * centre[0] + dv * centre[1] + dw * centre[2]
+            flap = bone & (cos_angle > np.float32(math.cos(radius / 70.0)))
+            hu[flap], tissue[flap] = self.hu.scalp, Tissue.SCALP
+        if self.scalp_haematoma is not None:
+            az, el, extent, thick, blood = self.scalp_haematoma
+            centre = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], np.float32)
+            angle = np.arccos(np.clip(du * centre[0] + dv * centre[1] + dw * centre[2], -1.0, 1.0)) * r
+            q = np.clip(1.0 - (angle / np.float32(extent)) ** 2, 0.0, None)
+            layer = (outside > t_bone + 0.3 * self.scalp) & (outside < t_bone + self.scalp + np.float32(thick) * q)
+            layer &= q > 0
+            hu[layer], tissue[layer] = blood, Tissue.SCALP_HAEMATOMA
 
     def _face_and_skull_base(self, u: np.ndarray, v: np.ndarray, w: np.ndarray, hu: np.ndarray,
                              tissue: np.ndarray) -> None:
@@ -378,8 +440,18 @@ class HeadAnatomy:
         tissue = np.full(u.shape, Tissue.WHITE, dtype=np.int8)
         below_gap = depth - np.float32(self.csf_gap)
 
-        # cortex: a ribbon under the surface that follows each sulcus down to its fundus
+        # soft grey-white transition: white matter just under the ribbon is a little denser
+        under = np.clip((below_gap - np.float32(self.ribbon)) / np.float32(1.5), 0.0, None)
+        hu += np.float32(h.grey - h.white) * np.exp(-under).astype(np.float32) * np.float32(0.6)
+
+        # cortex: a ribbon under the surface that follows each sulcus down to its fundus; the directions are
+        # bent by a slow field of position, so sulci curve as they deepen instead of running straight in
         r = radius - depth
+        if self.warp is not None:
+            su, sv, sw = u / np.float32(70.0), v / np.float32(70.0), w / np.float32(70.0)
+            du, dv, dw = du + self.warp(sv, sw, su), dv + self.warp(sw, su, sv), dw + self.warp(su, sv, sw)
+            norm = np.sqrt(du * du + dv * dv + dw * dw) + np.float32(1e-6)
+            du, dv, dw = du / norm, dv / norm, dw / norm
         to_sulcus = self.sulcal_field.distance_to_zero(du, dv, dw) * r  # mm along the surface
         fold_depth = np.float32(self.sulcal_depth) * (1.0 + self.fold_field(du, dv, dw))
         in_fold = below_gap < fold_depth
@@ -390,19 +462,25 @@ class HeadAnatomy:
         hu[sulcus], tissue[sulcus] = h.csf, Tissue.SULCUS
 
         # interhemispheric fissure with the falx in its middle; it stops above the corpus callosum
-        fissure = (np.abs(u) < self.fissure_halfwidth) & (depth < 0.5 * radius)
+        amp, fv, fw, ph = self.falx_wave  # the falx and fissure wave a little: no ruler-straight midline
+        mid_u = u - np.float32(amp) * np.sin(np.float32(fv) * v + np.float32(fw) * w + np.float32(ph))
+        fissure = (np.abs(mid_u) < self.fissure_halfwidth) & (depth < 0.5 * radius)
         hu[fissure], tissue[fissure] = h.csf, Tissue.FISSURE
-        falx = fissure & (np.abs(u) < 0.45) & (depth > self.csf_gap)
+        falx = fissure & (np.abs(mid_u) < 0.45) & (depth > self.csf_gap)
         hu[falx], tissue[falx] = h.falx, Tissue.FALX
 
         # posterior fossa: cerebellum under the tentorium, folia as a finer version of the sulcal field
         a, b, c = self.semi_axes
         # the tentorium is a tent: highest in the midline, sloping down laterally
-        tentorium = w < -0.15 * c - 0.15 * np.abs(u) + 0.1 * (v - 0.5 * b)
+        tent_level = -0.15 * c - 0.15 * np.abs(u) + 0.1 * (v - 0.5 * b)
+        tentorium = w < tent_level
         cerebellum = np.flatnonzero(tentorium & (v > 0.05 * b) & (below_gap > 0))
         hu[cerebellum], tissue[cerebellum] = h.cerebellum, Tissue.CEREBELLUM
         folia = np.abs(self.sulcal_field(du[cerebellum] * 1.7, dv[cerebellum] * 1.7, dw[cerebellum] * 1.7)) < 0.25
         hu[cerebellum[folia]] = h.cerebellum - 6.0
+        # the tentorium itself: a thin dense sheet over the cerebellum (looks like a thin subdural)
+        sheet = (np.abs(w - tent_level) < 0.6) & (v > 0.05 * b) & (below_gap > 0)
+        hu[sheet], tissue[sheet] = h.falx, Tissue.FALX
 
         # Sylvian fissures: oblique clefts from the lateral surface inward, at the level of the basal ganglia
         sylvian = (np.abs(v - (-0.08 * b + 0.35 * (np.abs(u) - 0.4 * a))) < 1.2 + 0.8 * self.ventricle_scale) & (
@@ -436,6 +514,15 @@ class HeadAnatomy:
         # the extra-axial CSF space lies over everything at the surface
         gap = below_gap < 0
         hu[gap], tissue[gap] = h.csf, Tissue.CSF_EXTRA
+        # dense dural venous sinuses against the inner table: superior sagittal (a triangle at the top of the
+        # falx) and transverse (along the tentorium's attachment at the back)
+        sss = (depth < 6.0) & (np.abs(mid_u) < 4.5 - 0.75 * depth) & (w > -0.1 * c) & (v > -0.7 * b)
+        transverse = (depth < 4.0) & (np.abs(w - tent_level) < 4.0) & (v > 0.55 * b)
+        sinus = sss | transverse
+        hu[sinus], tissue[sinus] = h.venous, Tissue.VENOUS_SINUS
+        if self.texture is not None:  # slow inhomogeneity of the parenchyma (a couple of HU)
+            soft = np.isin(tissue, np.asarray(PARENCHYMA, dtype=np.int8))
+            hu[soft] += self.texture(u[soft] / np.float32(70.0), v[soft] / np.float32(70.0), w[soft] / np.float32(70.0))
         return hu, tissue
 
 

@@ -26,24 +26,28 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
 
     demo = cfg.get("demo", {})
 
-    def pick(flag, key, default=None):
-        return flag if flag is not None else demo.get(key, default)
+    def pick(flag, key):  # the flag, else the `demo` section of the config (default.yaml is the only default)
+        if flag is not None:
+            return flag
+        if key not in demo:
+            raise KeyError(f"demo.{key} is missing from the configuration (default.yaml has it)")
+        return demo[key]
 
-    out = Path(pick(args.out, "out", "input/demo"))
+    try:
+        out = Path(pick(args.out, "out"))
+        params = dict(patients=int(pick(args.patients, "patients")), seed=int(pick(args.seed, "seed")),
+                      test_fraction=float(pick(args.test_fraction, "test_fraction")),
+                      corrupt=int(pick(args.corrupt, "corrupt")), workers=int(pick(args.workers, "workers")))
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
     if out.is_dir() and any(out.iterdir()):
         if not args.force:
             print(f"error: {out} is not empty; pass --force to replace the dataset in it", file=sys.stderr)
             return 2
         _remove_outputs(out, OUTPUTS)
     try:
-        summary = generate_dataset(
-            out,
-            patients=int(pick(args.patients, "patients", 60)),
-            seed=int(pick(args.seed, "seed", 2019)),
-            test_fraction=float(pick(args.test_fraction, "test_fraction", 0.2)),
-            corrupt=int(pick(args.corrupt, "corrupt", 2)),
-            workers=int(pick(args.workers, "workers", 0)),
-        )
+        summary = generate_dataset(out, **params)
     except (ValueError, FileExistsError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

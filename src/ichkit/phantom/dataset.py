@@ -45,13 +45,17 @@ SCENARIO_BLOCK: tuple[tuple[str, ...], ...] = (
     (), (), (), (),
     (EPIDURAL,), (EPIDURAL,),
     (SUBDURAL,), (SUBDURAL,),
-    (SUBARACHNOID,), (SUBARACHNOID,),
-    (INTRAPARENCHYMAL,), (INTRAPARENCHYMAL,), (INTRAPARENCHYMAL,),
-    (INTRAVENTRICULAR,), (INTRAVENTRICULAR,), (INTRAVENTRICULAR,),
+    (SUBARACHNOID,),
+    (INTRAPARENCHYMAL,), (INTRAPARENCHYMAL,),
+    (INTRAVENTRICULAR,),
+    (EPIDURAL, SUBDURAL),
     (INTRAVENTRICULAR, INTRAPARENCHYMAL),
     (SUBDURAL, SUBARACHNOID),
     (EPIDURAL, SUBARACHNOID),
     (SUBARACHNOID, INTRAVENTRICULAR),
+    (SUBDURAL, INTRAPARENCHYMAL),          # traumatic: a contusion under the collection
+    (INTRAPARENCHYMAL, INTRAVENTRICULAR),  # a deep haematoma rupturing into the ventricles
+    (SUBARACHNOID, SUBDURAL),
 )
 # share of studies per pixel encoding once each unusual one has appeared at least once
 ENCODING_WEIGHTS: dict[str, float] = {
@@ -95,6 +99,8 @@ class SliceRecord:
     labels: dict[str, int]
     polygons: list[np.ndarray]                  # normalised (x, y) outlines of the labelled bleed
     variants: list[str] = field(default_factory=list)
+    hard_negatives: dict[str, int] = field(default_factory=dict)
+    z_mm: float = 0.0                           # slice centre height in the head frame (skull base < 0)
 
 
 @dataclass
@@ -104,6 +110,7 @@ class StudyRecord:
     split: str
     slices: int
     volume_ml: dict[str, float]                 # per subtype, and "total" for the union
+    acquisition: dict[str, float | int | str] = field(default_factory=dict)  # the study's sampled domain
 
 
 @dataclass
@@ -187,8 +194,9 @@ def generate_patient(plan: PatientPlan) -> PatientResult:
         fov = acq.fov_mask()
         sc = acq.scanner
         voxels = Counter()
+        noise = acq.noise_field(rng)
         for k in range(acq.n_slices):
-            rendered = render_slice(anatomy, bleeds, acq, k, rng)
+            rendered = render_slice(anatomy, bleeds, acq, k, rng, noise)
             image_id = new_id(rng, 9)
             rle = bool(rng.random() < RLE_SHARE) or (study.force_rle and k == acq.n_slices // 2)
             encoding = FileEncoding(pixels=study.pixels, implicit_vr=study.implicit_vr and not rle, rle=rle,
@@ -213,15 +221,32 @@ def generate_patient(plan: PatientPlan) -> PatientResult:
             slices.append(SliceRecord(
                 image_id=image_id, patient_id=patient_id, study_id=study_id, split=plan.split,
                 path=f"{folder}/{image_id}.dcm", labels=labels, polygons=polygons,
-                variants=_variants(study, encoding, acq),
+                variants=_variants(study, encoding, acq, anatomy), hard_negatives=rendered.hard_negatives,
+                z_mm=float(acq.slice_centre(k)[2] - acq.head_origin[2]),
             ))
         voxel_ml = sc.pixel_spacing ** 2 * sc.slice_spacing / 1000.0
         studies.append(StudyRecord(study_id, patient_id, plan.split, acq.n_slices,
-                                   {key: voxels[key] * voxel_ml for key in SUBTYPES + ("total",)}))
+                                   {key: voxels[key] * voxel_ml for key in SUBTYPES + ("total",)},
+                                   _acquisition_truth(acq, anatomy, bleeds)))
     return PatientResult(slices, studies)
 
 
-def _variants(study: StudyPlan, encoding: FileEncoding, acq: Acquisition) -> list[str]:
+def _acquisition_truth(acq: Acquisition, anatomy: HeadAnatomy, bleeds: list) -> dict[str, float | int | str]:
+    """What was sampled for one study (domain randomisation), for `_truth/acquisitions.csv`."""
+    sc = acq.scanner
+    return {
+        "slice_thickness_mm": sc.slice_thickness, "pixel_spacing_mm": sc.pixel_spacing,
+        "noise_sigma_hu": round(sc.noise_sigma, 3), "blur_sigma_px": round(sc.blur_sigma, 3),
+        "noise_grain_px": round(sc.noise_grain, 3), "yaw_deg": round(acq.yaw_deg, 2), "tilt_deg": round(acq.tilt_deg, 2),
+        "offset_x_mm": round(acq.head_origin[0], 2), "offset_y_mm": round(acq.head_origin[1], 2),
+        "transposed": int(acq.transposed), "fov_cut": int(acq.fov_cut), "motion": int(acq.motion is not None),
+        "streaks_hu": round(acq.streaks, 2), "craniotomy": int(anatomy.craniotomy is not None),
+        "scalp_haematoma": int(anatomy.scalp_haematoma is not None),
+        "blood_hu": ";".join(f"{b.subtype}:{b.hu:.1f}" for b in bleeds),
+    }
+
+
+def _variants(study: StudyPlan, encoding: FileEncoding, acq: Acquisition, anatomy: HeadAnatomy) -> list[str]:
     """The unusual things about a file, as listed in demo.json."""
     out = [] if study.pixels == "standard" else [study.pixels]
     if encoding.rle:
@@ -232,6 +257,16 @@ def _variants(study: StudyPlan, encoding: FileEncoding, acq: Acquisition) -> lis
         out.append("window_multivalue")
     if acq.tilt_deg:
         out.append("gantry_tilt")
+    if acq.transposed:
+        out.append("transposed")
+    if acq.fov_cut:
+        out.append("fov_cut")
+    if acq.motion is not None:
+        out.append("motion_blur")
+    if acq.scanner.slice_thickness <= 1.25:
+        out.append("thin_slices")
+    if anatomy.craniotomy is not None:
+        out.append("craniotomy")
     return out
 
 
@@ -350,6 +385,17 @@ def _write_tables(out: Path, slices: list[SliceRecord], studies: list[StudyRecor
         for st in sorted(studies, key=lambda st: st.study_id):
             per_type = ",".join(f"{st.volume_ml[s]:.3f}" for s in SUBTYPES)
             fh.write(f"{st.study_id},{st.patient_id},{st.split},{st.slices},{st.volume_ml['total']:.3f},{per_type}\n")
+    acq_keys = list(studies[0].acquisition) if studies else []
+    with open(truth / "acquisitions.csv", "w") as fh:
+        fh.write("study_id,split," + ",".join(acq_keys) + "\n")
+        for st in sorted(studies, key=lambda st: st.study_id):
+            fh.write(f"{st.study_id},{st.split}," + ",".join(str(st.acquisition[k]) for k in acq_keys) + "\n")
+    hard_keys = list(slices[0].hard_negatives) if slices else []
+    with open(truth / "slices.csv", "w") as fh:
+        # per slice: where it lies (mm above the cavity centre) and the pixels of each blood mimic in it
+        fh.write("image_id,study_id,split,z_mm," + ",".join(hard_keys) + "\n")
+        for s in sorted(slices, key=lambda s: s.image_id):
+            fh.write(f"{s.image_id},{s.study_id},{s.split},{s.z_mm:.2f}," + ",".join(str(s.hard_negatives[k]) for k in hard_keys) + "\n")
 
 
 def _summary(seed: int, patients: int, test_fraction: float, slices: list[SliceRecord], studies: list[StudyRecord],
@@ -386,7 +432,8 @@ def _summary(seed: int, patients: int, test_fraction: float, slices: list[SliceR
         "variants": {name: {"count": len(ids), "image_ids": sorted(ids)} for name, ids in sorted(variants.items())},
         "files": {"train_labels": TRAIN_LABELS, "wide_labels": WIDE_LABELS, "polygons": POLYGONS,
                   "sample_submission": SAMPLE_SUBMISSION, "test_truth": f"{TRUTH_DIR}/stage_2_test_labels.csv",
-                  "test_polygons": f"{TRUTH_DIR}/Results_test.csv", "volumes": f"{TRUTH_DIR}/volumes.csv"},
+                  "test_polygons": f"{TRUTH_DIR}/Results_test.csv", "volumes": f"{TRUTH_DIR}/volumes.csv",
+                  "acquisitions": f"{TRUTH_DIR}/acquisitions.csv", "slice_truth": f"{TRUTH_DIR}/slices.csv"},
         "workers": workers,
         "seconds": round(seconds, 2),
     }

@@ -5,6 +5,10 @@ superior. Rows of an image run along `row_direction` (= +x), columns along `colu
 tilted with the gantry), so the images are in the usual radiological orientation: anterior at the top,
 the patient's left on the right. The patient lies supine, so gravity points to +y in every slice, which is
 why the head holder and blood-fluid levels are placed in world, not head, coordinates.
+
+Each study draws its protocol (slice thickness 0.625-5 mm with matching z steps, pixel spacing, kernel
+sharpness, noise level and grain) and pose (offset, rotation up to 30 degrees, a few cut by the field of
+view or written transposed) and its artefacts (beam-hardening streaks at the skull base, motion blur).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class Scanner:
     model: str
     kvp: float
     noise_sigma: float        # HU, standard deviation of the image noise
-    blur_sigma: float         # px, in-plane point spread: partial volume at edges and the noise grain
+    blur_sigma: float         # px, in-plane point spread of the kernel: partial volume at edges (sharpness)
+    noise_grain: float        # px, correlation length of the noise (filtered back-projection texture)
     pixel_spacing: float      # mm
     slice_spacing: float      # mm between slice centres
     slice_thickness: float    # mm
@@ -45,18 +50,31 @@ SCANNER_MODELS = (
 )
 
 
+# Protocols: (slice thickness = spacing in mm, weight). Thick axial series dominate, as in RSNA 2019; thin
+# reconstructions (0.625-1.25 mm) come as a slab of at most MAX_SLICES (a full thin series would be 200+).
+PROTOCOLS: tuple[tuple[float, float], ...] = (
+    (5.0, 0.55), (4.5, 0.06), (4.0, 0.08), (3.0, 0.07), (2.5, 0.06), (1.25, 0.08), (1.0, 0.05), (0.625, 0.05),
+)
+MIN_SLICES, MAX_SLICES = 20, 40
+
+
 def sample_scanner(rng: np.random.Generator) -> Scanner:
     manufacturer, model = SCANNER_MODELS[rng.integers(len(SCANNER_MODELS))]
-    slice_spacing = float(rng.choice([5.0, 5.0, 5.0, 5.0, 4.5, 4.0]))
+    weights = np.array([w for _, w in PROTOCOLS])
+    thickness = float(PROTOCOLS[int(rng.choice(len(PROTOCOLS), p=weights / weights.sum()))][0])
+    # thinner slices are noisier at the same dose; soft kernels blur more and correlate the noise more
+    blur = float(rng.uniform(0.5, 1.1))
+    thin_noise = math.sqrt(5.0 / thickness) ** 0.5
     return Scanner(
         manufacturer=manufacturer,
         model=model,
         kvp=float(rng.choice([100.0, 120.0, 120.0, 140.0])),
-        noise_sigma=float(rng.uniform(2.5, 5.0)),
-        blur_sigma=float(rng.uniform(0.6, 0.9)),
-        pixel_spacing=float(np.round(rng.uniform(0.42, 0.50), 6)),
-        slice_spacing=slice_spacing,
-        slice_thickness=5.0,
+        noise_sigma=float(np.clip(rng.uniform(3.0, 5.5) * thin_noise, 2.5, 6.5)),
+        blur_sigma=blur,
+        noise_grain=float(rng.uniform(0.85, 1.5)),
+        pixel_spacing=float(np.round(rng.uniform(0.40, 0.50), 6)),
+        slice_spacing=thickness,
+        slice_thickness=thickness,
         fov_radius=float(IMAGE_SIZE / 2 - rng.uniform(0.0, 4.0)),
     )
 
@@ -74,6 +92,10 @@ class Acquisition:
     holder_radius: float      # mm, radius of the curved head holder under the occiput
     holder_gap: float         # mm of cushion between head and holder
     head_back: float          # mm, largest posterior extent of the head from its origin
+    transposed: bool = False  # pixel rows and columns swapped (some secondary-capture exports)
+    fov_cut: bool = False     # the head placed partly outside the reconstruction circle
+    motion: tuple[float, float] | None = None   # (direction in radians, length in px) of motion blur
+    streaks: float = 0.0      # HU of beam-hardening streaks between dense bone (0: none)
 
     @classmethod
     def sample(cls, anatomy: HeadAnatomy, rng: np.random.Generator) -> "Acquisition":
@@ -81,19 +103,31 @@ class Acquisition:
         the vertex."""
         scanner = sample_scanner(rng)
         tilt = float(rng.uniform(8.0, 20.0)) if rng.random() < 0.2 else 0.0
-        yaw = float(rng.uniform(-10.0, 10.0))
+        # most heads lie straight; some are turned a lot (up to 30 degrees)
+        yaw = float(rng.uniform(-10.0, 10.0)) if rng.random() < 0.8 else float(rng.choice([-1, 1]) * rng.uniform(10.0, 30.0))
         half_breadth, half_length = anatomy.max_extent()
+        reach = max(half_breadth, half_length)  # turned, the head needs its largest extent in every direction
         fov_mm = scanner.fov_radius * scanner.pixel_spacing
-        # keep the skin inside the reconstruction circle: room left over is the random offset
-        room_x = max(fov_mm - half_breadth - 4.0, 0.0)
-        room_y = max(fov_mm - half_length - 4.0, 0.0)
+        # keep the skin inside the reconstruction circle: room left over is the random offset; a few heads
+        # are placed so far off-centre that the circle cuts them
+        room = max(fov_mm - reach - 3.0, 0.0)
+        fov_cut = bool(rng.random() < 0.06)
+        if fov_cut:
+            angle = float(rng.uniform(0, 2 * math.pi))
+            shift = room + float(rng.uniform(5.0, 15.0))
+            offset = (shift * math.cos(angle), shift * math.sin(angle))
+        else:
+            offset = (float(rng.uniform(-1, 1) * min(room, 20.0)), float(rng.uniform(-1, 1) * min(room, 15.0)))
         head_z = float(rng.uniform(40.0, 180.0))
-        head_origin = (float(rng.uniform(-1, 1) * min(room_x, 15.0)), float(rng.uniform(-1, 1) * min(room_y, 10.0)), head_z)
+        head_origin = (offset[0], offset[1], head_z)
         fov_centre = (float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)))
         start = anatomy.lowest_level + float(rng.uniform(-4.0, 8.0))
         stop = anatomy.vertex_level - float(rng.uniform(0.0, 4.0))
         step = scanner.slice_spacing / math.cos(math.radians(tilt))
-        n_slices = int(np.clip(math.floor((stop - start) / step) + 1, 20, 40))
+        n_full = math.floor((stop - start) / step) + 1
+        n_slices = int(np.clip(n_full, MIN_SLICES, MAX_SLICES))
+        if n_full > MAX_SLICES:  # a thin series: a slab somewhere from the skull base to the vertex
+            start += float(rng.uniform(0.0, (n_full - MAX_SLICES) * step))
         return cls(
             scanner=scanner,
             n_slices=n_slices,
@@ -104,6 +138,10 @@ class Acquisition:
             holder_radius=float(rng.uniform(95.0, 130.0)),
             holder_gap=float(rng.uniform(2.0, 8.0)),
             head_back=half_length,
+            transposed=bool(rng.random() < 0.04),
+            fov_cut=fov_cut,
+            motion=(float(rng.uniform(0, math.pi)), float(rng.uniform(3.0, 7.0))) if rng.random() < 0.05 else None,
+            streaks=float(rng.uniform(8.0, 30.0)),
         )
 
     # ------------------------------------------------------------------ geometry
@@ -118,7 +156,9 @@ class Acquisition:
 
     @property
     def image_orientation(self) -> list[float]:
-        return [float(x) for x in np.concatenate([self.row_direction, self.column_direction])]
+        """ImageOrientationPatient of the written file (row direction first; swapped when transposed)."""
+        first, second = (self.column_direction, self.row_direction) if self.transposed else (self.row_direction, self.column_direction)
+        return [float(x) for x in np.concatenate([first, second])]
 
     def slice_centre(self, k: int) -> np.ndarray:
         """Slice centres stay on the scanner axis (the table does not move sideways), so with a gantry tilt
@@ -169,14 +209,70 @@ class Acquisition:
         hu[cushion] = -750.0
         hu[shell] = 180.0
 
-    def degrade(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Quantum noise and the reconstruction kernel's point spread, in HU.
+    def add_streaks(self, hu: np.ndarray, skull_base: bool) -> bool:
+        """Beam hardening, in place, on skull-base slices: dark streaks along the lines that cross the most
+        dense bone (between the petrous bones) and a faint bright band beside them. True if any was added.
+        Computed at a quarter of the resolution (the streaks are smooth across their width)."""
+        if not self.streaks or not skull_base:
+            return False
+        f = 4
+        n = IMAGE_SIZE // f
+        dense = (hu > 900).reshape(n, f, n, f).sum(axis=(1, 3)).astype(np.float32) / f  # bone path per coarse px
+        rows, cols = np.nonzero(dense)
+        if rows.size < 50:
+            return False
+        weights = dense[rows, cols]
+        rr, cc = np.mgrid[:n, :n].astype(np.float32)
+        total = np.zeros((n, n), dtype=np.float32)
+        for angle in np.linspace(0.0, math.pi, 12, endpoint=False):
+            ca, sa = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+            offsets = np.rint(rows * sa - cols * ca).astype(np.int64)  # lines of this direction, by offset
+            shift = int(offsets.min())
+            path = np.bincount(offsets - shift, weights=weights).astype(np.float32)  # bone crossed per line (px)
+            line = np.rint(rr * sa - cc * ca).astype(np.int64) - shift
+            inside = (line >= 0) & (line < path.size)
+            profile = np.zeros((n, n), dtype=np.float32)
+            profile[inside] = path[line[inside]]
+            total += np.maximum(profile - np.float32(np.percentile(path, 75)), 0.0) ** 2
+        if not total.any():
+            return False
+        total /= total.max()
+        streak = ndimage.gaussian_filter(total, 0.6)
+        band = ndimage.gaussian_filter(total, 2.0) - streak
+        full = np.kron(np.float32(0.6) * band - streak, np.ones((f, f), dtype=np.float32))
+        soft = (hu > -200) & (hu < 900)  # streaks show on soft tissue (air stays black, bone stays white)
+        hu[soft] += np.float32(self.streaks) * full[soft]
+        return True
 
-        White noise is added first and blurred with the image, as the kernel does in a real scanner: one
-        Gaussian gives both the partial volume at edges and the fine-grained, correlated noise texture.
+    def noise_field(self, rng: np.random.Generator) -> np.ndarray:
+        """Unit-variance noise with the grain of this study's reconstruction (periodic, so any roll of it is
+        again such noise): filtered once per study, then rolled and flipped differently for every slice."""
+        sc = self.scanner
+        scale = np.float32(math.sqrt(4.0 * math.pi) * sc.noise_grain)  # Gaussian of sigma s: var 1 / (4 pi s^2)
+        return scale * ndimage.gaussian_filter(rng.standard_normal((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32),
+                                               sc.noise_grain, mode="wrap", truncate=3.0)
+
+    def degrade(self, hu: np.ndarray, rng: np.random.Generator, noise: np.ndarray | None = None) -> np.ndarray:
+        """The reconstruction kernel's point spread, motion, and correlated quantum noise, in HU.
+
+        The image is blurred by the kernel (sharpness: `blur_sigma`); the noise is white noise filtered to
+        the grain of filtered back-projection (`noise_grain`, neighbour correlation ~0.6-0.9) and scaled to
+        `noise_sigma`, so sharpness and noise texture vary independently between studies.
         """
         sc = self.scanner
-        # a 2-D Gaussian of sigma s leaves white noise with variance 1 / (4 pi s^2): pre-scale to hit noise_sigma
-        scale = np.float32(sc.noise_sigma * math.sqrt(4.0 * math.pi) * sc.blur_sigma)
-        noisy = hu + scale * rng.standard_normal(hu.shape, dtype=np.float32)
-        return ndimage.gaussian_filter(noisy, sc.blur_sigma, mode="nearest", truncate=3.0)
+        image = ndimage.gaussian_filter(hu, sc.blur_sigma, mode="nearest", truncate=3.0)
+        if self.motion is not None:
+            angle, length = self.motion
+            kernel = np.zeros((int(2 * length) | 1,) * 2, dtype=np.float32)
+            c = kernel.shape[0] // 2
+            for t in np.linspace(-length / 2, length / 2, int(4 * length)):
+                kernel[int(round(c + t * math.sin(angle))), int(round(c + t * math.cos(angle)))] = 1.0
+            image = ndimage.convolve(image, kernel / kernel.sum(), mode="nearest")
+        if noise is None:
+            noise = self.noise_field(rng)
+        else:  # a fresh draw of the same texture: random roll, flips and transposition of the study's field
+            noise = np.roll(noise, (int(rng.integers(IMAGE_SIZE)), int(rng.integers(IMAGE_SIZE))), axis=(0, 1))
+            if rng.random() < 0.5:
+                noise = noise.T
+            noise = noise[::int(rng.choice([-1, 1])), ::int(rng.choice([-1, 1]))]
+        return image + np.float32(sc.noise_sigma) * noise
