@@ -141,7 +141,7 @@ class CacheSequence(PyDataset):
     indices, needed for balanced sampling and class policies); ``targets`` (name -> per-id array);
     ``masks`` (add the ``mask`` target); ``augmenter`` (training only); ``samples_per_class``;
     ``shuffle``; ``seed``; ``windows`` (default: the cache's); ``hu_ids`` (ids whose HU map is real HU,
-    enabling window jitter); the rest goes to `keras.utils.PyDataset` (workers, use_multiprocessing,
+    enabling window jitter); ``flip`` (mirror every image left-right: flip TTA at prediction); the rest goes to `keras.utils.PyDataset` (workers, use_multiprocessing,
     max_queue_size).
     """
 
@@ -150,7 +150,7 @@ class CacheSequence(PyDataset):
                  labels7: np.ndarray | None = None, targets: Mapping[str, np.ndarray] | None = None,
                  masks: bool = False, augmenter: Any = None, samples_per_class: int | None = None,
                  shuffle: bool = False, seed: int = 0, windows: Mapping[str, Sequence[float]] | None = None,
-                 hu_ids: Iterable[str] | None = None, **pydataset_kwargs: Any):
+                 hu_ids: Iterable[str] | None = None, flip: bool = False, **pydataset_kwargs: Any):
         super().__init__(**pydataset_kwargs)
         if kind not in ("cls", "seg"):
             raise ValueError(f"kind must be cls or seg, got {kind!r}")
@@ -171,7 +171,7 @@ class CacheSequence(PyDataset):
         if augmenter is not None and self.labels7 is None:
             raise ValueError("augmentation picks its policy by label: pass labels7 with an augmenter")
         self.samples_per_class = None if samples_per_class is None else int(samples_per_class)
-        self.shuffle, self.seed = bool(shuffle), int(seed)
+        self.shuffle, self.seed, self.flip = bool(shuffle), int(seed), bool(flip)
         named = dict(windows) if windows is not None else cache_windows(self.work)
         self.window_names = list(named)
         self.windows = list(as_windows(named))
@@ -263,6 +263,8 @@ class CacheSequence(PyDataset):
             images.append(image)
             masks.append(mask)
         x = np.stack(images).astype(np.float32) / np.float32(255.0)
+        if self.flip:  # flip TTA: the mirrored image (masks are not flipped: prediction only)
+            x = x[:, :, ::-1]
         y = {name: arr[positions] for name, arr in self.targets.items()}
         if self.masks:
             y["mask"] = np.stack(masks).astype(np.float32)[..., None]
