@@ -62,7 +62,7 @@ def _spec(name: str) -> ModelSpec:
         extra["trainer"] = _LazyTrainer
     if "config_keys" in fields:
         extra["config_keys"] = ("cnn", "prepare.windows", "prepare.cls_size")
-    return ModelSpec(name=name, family="cnn", features=("images",), build=_no_estimator, suggest=_suggest,
+    return ModelSpec(name=name, family="cnn", features=(), build=_no_estimator, suggest=_suggest,
                      defaults={k: None for k in PARAM_KEYS}, description=CNN_MODELS[name], **extra)
 
 

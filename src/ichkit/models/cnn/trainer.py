@@ -41,8 +41,12 @@ RSNA_LOSS_WEIGHTS = tuple(2.0 if label == "any" else 1.0 for label in RSNA_LABEL
 ARCH_KEYS = ("size", "context", "decoder_filters", "decoder_dropout", "baseline_width", "tta")
 
 
-def resolve_settings(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """cnn.profiles[cnn.profile] < cnn.input < model params that are not None; `weights` from cnn.weights."""
+def resolve_settings(cfg: dict[str, Any], params: dict[str, Any], model: str) -> dict[str, Any]:
+    """cnn.input < cnn.profiles[cnn.profile] < its ``models.<model>`` entry < model params that are not None.
+
+    ``weights`` comes from cnn.weights (``ichkit train --weights``), the profile from cnn.profile
+    (``--profile``).
+    """
     section = cfg["cnn"]
     profile = section.get("profile", "quick")
     profiles = section.get("profiles", {})
@@ -50,7 +54,10 @@ def resolve_settings(cfg: dict[str, Any], params: dict[str, Any]) -> dict[str, A
         raise ValueError(f"cnn.profile {profile!r}: unknown; defined: {sorted(profiles)}")
     out = {"profile": profile, "weights": section.get("weights", "none")}
     out.update(section.get("input", {}))
-    out.update(profiles[profile])
+    chosen = dict(profiles[profile])
+    per_model = chosen.pop("models", None) or {}
+    out.update(chosen)
+    out.update(per_model.get(model, None) or {})
     out.update({k: v for k, v in params.items() if v is not None})
     return out
 
@@ -136,7 +143,7 @@ class CNNTrainer(FoldTrainer):
 
     def __init__(self, spec: Any, params: dict[str, Any], ctx: FoldContext) -> None:
         self.spec, self.params, self.ctx = spec, dict(params), ctx
-        self.settings = resolve_settings(ctx.cfg, self.params)
+        self.settings = resolve_settings(ctx.cfg, self.params, spec.name)
         self.model = None
         self.extra_callbacks: list[Any] = []   # tests inject interruptions here
 
