@@ -167,24 +167,53 @@ def baseline_cnn(size: int, channels: int = 3, weights: str | None = None, width
 
 
 def load_weights_file(model: keras.Model, path: Path) -> None:
-    """Weights from a .weights.h5 file: the whole model's, or (a file saved from an encoder) the encoder's."""
+    """Weights from a .weights.h5 file: the whole model's, or (a file saved from an encoder) the encoder's.
+
+    Keras stores weights by structure, not by layer name, and a mismatched file can load with only
+    warnings; so the file's kind is read from its own layer groups: the heads' Dense layers exist only in
+    a whole-model file.
+    """
+    import h5py
+
     try:
-        model.load_weights(path)
-        return
-    except Exception as whole:
-        try:
-            model.get_layer(ENCODER_NAME).load_weights(path)
-        except Exception:
-            raise WeightsError(f"--weights {path}: fits neither {model.name} nor its encoder ({whole})") from whole
+        with h5py.File(path, "r") as fh:
+            groups = list(fh["layers"].keys()) if "layers" in fh else []
+    except OSError as exc:
+        raise WeightsError(f"--weights {path}: not a Keras .weights.h5 file ({exc})") from exc
+    whole = any(g.startswith("dense") for g in groups)
+    names = {layer.name for layer in model.layers}
+    target = model if whole or ENCODER_NAME not in names else model.get_layer(ENCODER_NAME)
+    try:
+        target.load_weights(path)
+    except Exception as exc:
+        raise WeightsError(f"--weights {path}: does not fit {target.name} ({exc})") from exc
+
+
+def set_bn_momentum(model: keras.Model, momentum: float, skip: str | None = None) -> None:
+    """Set every BatchNormalization's moving-average momentum (except inside the layer named `skip`).
+
+    Keras' 0.99 needs several hundred steps before the moving statistics forget their (0, 1) start; a
+    short CPU run of ~100 steps would then predict with wrong statistics (one class for every image).
+    """
+    for layer in model.layers:
+        if skip is not None and layer.name == skip:
+            continue
+        if isinstance(layer, keras.Model):
+            set_bn_momentum(layer, momentum)
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
 
 
 def build(name: str, size: int, channels: int = 3, weights: str | None = None, frozen_bn: bool = False,
           decoder_filters: Sequence[int] = (256, 128, 64, 32), decoder_dropout: float = 0.2,
-          baseline_width: int = 32) -> keras.Model:
-    """A registered CNN by name."""
-    if name == "cnn_baseline":
-        return baseline_cnn(size, channels, weights, baseline_width)
+          baseline_width: int = 32, bn_momentum: float = 0.99) -> keras.Model:
+    """A registered CNN by name. `bn_momentum` applies to every BatchNorm not in a frozen (pretrained) encoder."""
     encoders = {"resnet50_unet_cls": "resnet50", "xception_unet_cls": "xception"}
-    if name not in encoders:
+    if name == "cnn_baseline":
+        model = baseline_cnn(size, channels, weights, baseline_width)
+    elif name in encoders:
+        model = unet_classifier(encoders[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn)
+    else:
         raise ValueError(f"unknown CNN {name!r}; expected cnn_baseline or one of {sorted(encoders)}")
-    return unet_classifier(encoders[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn)
+    set_bn_momentum(model, bn_momentum, skip=ENCODER_NAME if frozen_bn else None)
+    return model

@@ -195,7 +195,7 @@ class CNNTrainer(FoldTrainer):
         pretrained = weights not in (None, "none", "None", "")
         return nets.build(self.spec.name, int(s["size"]), self._channels(), weights, frozen_bn=pretrained,
                           decoder_filters=tuple(s["decoder_filters"]), decoder_dropout=float(s["decoder_dropout"]),
-                          baseline_width=int(s["baseline_width"]))
+                          baseline_width=int(s["baseline_width"]), bn_momentum=float(s["bn_momentum"]))
 
     def _compile(self, lr: float) -> None:
         import keras
@@ -208,13 +208,27 @@ class CNNTrainer(FoldTrainer):
         from ichkit.models.cnn.nets import ENCODER_NAME
 
         names = {layer.name for layer in self.model.layers}
-        if ENCODER_NAME in names:
-            self.model.get_layer(ENCODER_NAME).trainable = trainable
+        if ENCODER_NAME not in names:
+            return
+        encoder = self.model.get_layer(ENCODER_NAME)
+        encoder.trainable = trainable
+        if trainable and self.pretrained:
+            import keras
+
+            # a pretrained encoder's BatchNorm stays in inference mode when unfrozen (a non-trainable
+            # BatchNormalization runs in inference mode in Keras 3): small batches would wreck its statistics
+            for layer in encoder.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+
+    @property
+    def pretrained(self) -> bool:
+        return self.settings["weights"] not in (None, "none", "None", "") and self.spec.name != "cnn_baseline"
 
     def phases(self) -> list[tuple[str, int, int, float, bool]]:
         """(name, first epoch, end epoch, learning rate, encoder trainable) of each phase to run."""
         s = self.settings
-        pretrained = s["weights"] not in (None, "none", "None", "") and self.spec.name != "cnn_baseline"
+        pretrained = self.pretrained
         lr, epochs, frozen = float(s["lr"]), int(s["epochs"]), int(s.get("freeze_epochs") or 0)
         if pretrained and frozen > 0:
             return [("frozen", 0, frozen, lr, False),
