@@ -76,9 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the (model, fold) units run (default train.executor)")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster address for --executor ray (e.g. auto, or ray://head:10001; default: a local Ray)")
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="CNN profile: quick | paper | full (default cnn.profile); same as --set cnn.profile=NAME")
+    parser.add_argument("--weights", default=None, metavar="W",
+                        help="CNN encoder weights: imagenet | none | PATH (default cnn.weights)")
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    for key, value in (("profile", getattr(args, "profile", None)), ("weights", getattr(args, "weights", None))):
+        if value is not None:
+            cfg.setdefault("cnn", {})[key] = value
     use_tuned = bool(cfg["train"]["use_tuned"]) if args.use_tuned is None else args.use_tuned
     names = model_names(args.model or ["all"], cfg)
     if not names:

@@ -1,0 +1,316 @@
+"""The CNN family's FoldTrainer: Keras fit with a checkpoint every epoch, resume, early stopping, two phases.
+
+Per fold, in ``fold_dir`` (``<work>/models/<model>/fold<k>/``):
+
+- ``latest.weights.h5`` every epoch, ``best.weights.h5`` at the best inner-validation loss so far;
+- ``state.json``: epochs done, best loss/epoch, epochs without improvement, finished phases (resume);
+- ``backup/<phase>/``: Keras `BackupAndRestore` (weights + optimizer + epoch) so a killed fit resumes at
+  the start of the epoch it was in;
+- ``log.csv``: Keras `CSVLogger`, one row per epoch (appended across resumes);
+- ``model.weights.h5`` + ``settings.json``: what `load` rebuilds the fitted model from (`save`).
+
+Phases: with pretrained weights (imagenet or a PATH) phase 1 trains ``freeze_epochs`` with the encoder
+frozen and its BatchNorm in inference mode; phase 2 unfreezes it and recompiles at ``lr *
+finetune_lr_factor``. With ``weights: none`` a frozen random encoder would learn nothing, so only the
+second phase runs, at ``lr``. Loss: categorical cross-entropy on ``class7`` + BCE on ``rsna`` weighted
+2 for ``any`` (the competition weights). Early stopping and best checkpoint on the inner validation split.
+
+On GPUs, mixed precision (``mixed_float16``) and `tf.distribute.MirroredStrategy` switch on by
+themselves; the global batch is ``batch_size`` per replica times the replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ichkit.engine.trainer import FoldContext, FoldTrainer
+from ichkit.files import write_text_atomic
+from ichkit.labels import CLASSES7, RSNA_LABELS
+
+SETTINGS_FILE = "settings.json"
+MODEL_FILE = "model.weights.h5"
+STATE_FILE = "state.json"
+RSNA_LOSS_WEIGHTS = tuple(2.0 if label == "any" else 1.0 for label in RSNA_LABELS)
+# settings a fitted model needs to be rebuilt and fed identically
+ARCH_KEYS = ("size", "context", "decoder_filters", "decoder_dropout", "baseline_width", "tta")
+
+
+def resolve_settings(cfg: dict[str, Any], params: dict[str, Any], model: str) -> dict[str, Any]:
+    """cnn.input < cnn.profiles[cnn.profile] < its ``models.<model>`` entry < model params that are not None.
+
+    ``weights`` comes from cnn.weights (``ichkit train --weights``), the profile from cnn.profile
+    (``--profile``).
+    """
+    section = cfg["cnn"]
+    profile = section.get("profile", "quick")
+    profiles = section.get("profiles", {})
+    if profile not in profiles:
+        raise ValueError(f"cnn.profile {profile!r}: unknown; defined: {sorted(profiles)}")
+    out = {"profile": profile, "weights": section.get("weights", "none")}
+    out.update(section.get("input", {}))
+    chosen = dict(profiles[profile])
+    per_model = chosen.pop("models", None) or {}
+    out.update(chosen)
+    out.update(per_model.get(model, None) or {})
+    out.update({k: v for k, v in params.items() if v is not None})
+    return out
+
+
+def device_setup() -> tuple[Any, int]:
+    """(distribution strategy, replicas): mixed precision + MirroredStrategy where GPUs exist."""
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return tf.distribute.get_strategy(), 1
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = tf.distribute.MirroredStrategy()
+    return strategy, strategy.num_replicas_in_sync
+
+
+def rsna_weighted_bce(y_true, y_pred):
+    """Mean over the 6 RSNA labels of binary cross-entropy, `any` counted twice (the competition weights)."""
+    from keras import ops
+
+    w = ops.convert_to_tensor(RSNA_LOSS_WEIGHTS, dtype="float32")
+    bce = ops.binary_crossentropy(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"))
+    return ops.sum(bce * w, axis=-1) / ops.sum(w)
+
+
+def _epoch_callback_class():
+    import keras
+
+    class FoldCheckpoint(keras.callbacks.Callback):
+        """latest/best weights, state.json, early stopping that survives a resume; keeps epochs in sync."""
+
+        def __init__(self, fold_dir: Path, state: dict[str, Any], patience: int, sequences: list[Any]):
+            super().__init__()
+            self.fold_dir, self.state, self.patience, self.sequences = fold_dir, state, patience, sequences
+
+        def on_epoch_begin(self, epoch, logs=None):
+            for seq in self.sequences:  # the epoch's balanced draw and augmentation seeds, also after a resume
+                seq.set_epoch(epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            loss = float(logs.get("val_loss", logs.get("loss", np.inf)))
+            save_weights_atomic(self.model, self.fold_dir / "latest.weights.h5")
+            if loss < self.state["best_loss"]:
+                self.state.update(best_loss=loss, best_epoch=epoch, wait=0)
+                save_weights_atomic(self.model, self.fold_dir / "best.weights.h5")
+            else:
+                self.state["wait"] += 1
+            self.state["epochs_done"] = epoch + 1
+            write_state(self.fold_dir, self.state)
+            if self.patience and self.state["wait"] >= self.patience:
+                self.model.stop_training = True
+
+    return FoldCheckpoint
+
+
+def save_weights_atomic(model: Any, path: Path) -> None:
+    """Keras wants the name to end in .weights.h5: write `.tmp-<name>` beside it, then rename."""
+    import os
+
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_state(fold_dir: Path) -> dict[str, Any] | None:
+    path = fold_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_state(fold_dir: Path, state: dict[str, Any]) -> None:
+    write_text_atomic(fold_dir / STATE_FILE, json.dumps(state, indent=2))
+
+
+class CNNTrainer(FoldTrainer):
+    """One CNN on one fold. `params` are the model's (None = from the profile); see the module docstring."""
+
+    code_version = "1"
+
+    def __init__(self, spec: Any, params: dict[str, Any], ctx: FoldContext) -> None:
+        self.spec, self.params, self.ctx = spec, dict(params), ctx
+        self.settings = resolve_settings(ctx.cfg, self.params, spec.name)
+        self.model = None
+        self.extra_callbacks: list[Any] = []   # tests inject interruptions here
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def _hu_ids(self) -> list[str]:
+        slices = self.ctx.slices
+        if "source" not in slices.columns:
+            return []
+        return slices.loc[slices["source"].astype("string") != "image", "image_id"].astype(str).tolist()
+
+    def _sequence(self, ids: list[str], train: bool, batch_size: int, flip: bool = False):
+        from ichkit.models.cnn.augment import ClassAugmenter
+        from ichkit.models.cnn.inputs import CacheSequence
+
+        s = self.settings
+        kwargs: dict[str, Any] = dict(size=int(s["size"]), batch_size=batch_size, context=s["context"],
+                                      slices=self.ctx.slices, max_gap=float(s["max_gap"]), seed=self.ctx.seed,
+                                      hu_ids=self._hu_ids(), flip=flip, workers=int(s["workers"]),
+                                      use_multiprocessing=bool(s["use_multiprocessing"]),
+                                      max_queue_size=int(s["max_queue_size"]))
+        if train is None:  # prediction: images only
+            return CacheSequence(self.ctx.work, ids, **kwargs)
+        labels = self.ctx.labels.loc[ids]
+        y7 = labels["y7"].to_numpy(dtype=np.int64)
+        targets = {"class7": np.eye(len(CLASSES7), dtype=np.float32)[y7],
+                   "rsna": labels[list(RSNA_LABELS)].to_numpy(dtype=np.float32)}
+        if train:
+            kwargs.update(augmenter=ClassAugmenter.from_config(self.ctx.cfg, int(s["size"])), shuffle=True,
+                          samples_per_class=s.get("samples_per_class"))
+        return CacheSequence(self.ctx.work, ids, labels7=y7, targets=targets, **kwargs)
+
+    def _valid_ids(self, valid_ids: list[str]) -> list[str]:
+        cap = self.settings.get("valid_max")
+        if not cap or len(valid_ids) <= cap:
+            return list(valid_ids)
+        rng = np.random.default_rng(self.ctx.seed)
+        return sorted(rng.choice(np.asarray(valid_ids, dtype=object), int(cap), replace=False).tolist())
+
+    # -- model --------------------------------------------------------------------------------------------
+    def _channels(self) -> int:
+        from ichkit.models.cnn.inputs import cache_windows, context_channels
+
+        return context_channels(self.settings["context"], len(cache_windows(self.ctx.work, self.ctx.cfg)))
+
+    def _build(self, weights: str | None):
+        from ichkit.models.cnn import nets
+
+        s = self.settings
+        pretrained = weights not in (None, "none", "None", "")
+        return nets.build(self.spec.name, int(s["size"]), self._channels(), weights, frozen_bn=pretrained,
+                          decoder_filters=tuple(s["decoder_filters"]), decoder_dropout=float(s["decoder_dropout"]),
+                          baseline_width=int(s["baseline_width"]), bn_momentum=float(s["bn_momentum"]))
+
+    def _compile(self, lr: float) -> None:
+        import keras
+
+        self.model.compile(optimizer=keras.optimizers.Adam(lr),
+                           loss={"class7": keras.losses.CategoricalCrossentropy(), "rsna": rsna_weighted_bce},
+                           metrics={"class7": [keras.metrics.CategoricalAccuracy(name="acc")]})
+
+    def _set_encoder_trainable(self, trainable: bool) -> None:
+        from ichkit.models.cnn.nets import ENCODER_NAME
+
+        names = {layer.name for layer in self.model.layers}
+        if ENCODER_NAME not in names:
+            return
+        encoder = self.model.get_layer(ENCODER_NAME)
+        encoder.trainable = trainable
+        if trainable and self.pretrained:
+            import keras
+
+            # a pretrained encoder's BatchNorm stays in inference mode when unfrozen (a non-trainable
+            # BatchNormalization runs in inference mode in Keras 3): small batches would wreck its statistics
+            for layer in encoder.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+
+    @property
+    def pretrained(self) -> bool:
+        return self.settings["weights"] not in (None, "none", "None", "") and self.spec.name != "cnn_baseline"
+
+    def phases(self) -> list[tuple[str, int, int, float, bool]]:
+        """(name, first epoch, end epoch, learning rate, encoder trainable) of each phase to run."""
+        s = self.settings
+        pretrained = self.pretrained
+        lr, epochs, frozen = float(s["lr"]), int(s["epochs"]), int(s.get("freeze_epochs") or 0)
+        if pretrained and frozen > 0:
+            return [("frozen", 0, frozen, lr, False),
+                    ("finetune", frozen, frozen + epochs, lr * float(s["finetune_lr_factor"]), True)]
+        return [("train", 0, epochs, lr, True)]
+
+    # -- FoldTrainer --------------------------------------------------------------------------------------
+    def fit(self, train_ids: list[str], valid_ids: list[str], fold_dir: Path, resume: bool) -> None:
+        import keras
+
+        fold_dir = Path(fold_dir)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        state = read_state(fold_dir) if resume else None
+        if state is None:
+            for stale in ("backup", "log.csv", STATE_FILE, "latest.weights.h5", "best.weights.h5"):
+                p = fold_dir / stale
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            state = {"epochs_done": 0, "best_loss": float("inf"), "best_epoch": -1, "wait": 0, "phases_done": []}
+        s = self.settings
+        keras.utils.set_random_seed(int(self.ctx.seed))
+        strategy, replicas = device_setup()
+        batch = int(s["batch_size"]) * replicas
+        train_seq = self._sequence(list(train_ids), True, batch)
+        valid_seq = self._sequence(self._valid_ids(valid_ids), False, batch)
+        with strategy.scope():
+            self.model = self._build(s["weights"])
+        checkpoint = _epoch_callback_class()(fold_dir, state, int(s.get("patience") or 0), [train_seq])
+        for name, start, end, lr, trainable in self.phases():
+            if name in state["phases_done"]:
+                continue
+            if state["phases_done"] and not (fold_dir / "backup" / name).exists():
+                self.model.load_weights(fold_dir / "latest.weights.h5")  # the previous phase's last epoch
+            with strategy.scope():
+                self._set_encoder_trainable(trainable)
+                self._compile(lr)   # trainable flags are fixed at compile: recompile per phase
+            if name == "finetune" and state["epochs_done"] == start:
+                state["wait"] = 0   # early stopping counts afresh once the encoder is unfrozen
+            callbacks = [checkpoint,
+                         keras.callbacks.BackupAndRestore(str(fold_dir / "backup" / name)),
+                         keras.callbacks.CSVLogger(str(fold_dir / "log.csv"), append=True),
+                         *self.extra_callbacks]
+            stopped = bool(s.get("patience")) and state["wait"] >= int(s["patience"])
+            if state["epochs_done"] < end and not stopped:
+                self.model.fit(train_seq, validation_data=valid_seq, initial_epoch=max(start, 0), epochs=end,
+                               callbacks=callbacks, verbose=1 if self.ctx.progress else 0)
+            state["phases_done"].append(name)
+            write_state(fold_dir, state)
+        best = fold_dir / "best.weights.h5"
+        if best.is_file():
+            self.model.load_weights(best)
+
+    def predict(self, ids: list[str]) -> pd.DataFrame:
+        from ichkit.oof import predictions_frame
+
+        if self.model is None:
+            raise RuntimeError("predict before fit/load")
+        batch = int(self.settings["batch_size"]) * 2
+        outs = [self.model.predict(self._sequence(list(ids), None, batch), verbose=0)]
+        if self.settings.get("tta"):
+            outs.append(self.model.predict(self._sequence(list(ids), None, batch, flip=True), verbose=0))
+        p7 = np.mean([o["class7"] for o in outs], axis=0).astype(np.float64)
+        p6 = np.mean([o["rsna"] for o in outs], axis=0).astype(np.float64)
+        p7 /= p7.sum(axis=1, keepdims=True)
+        return predictions_frame(list(ids), self.ctx.fold, p7, p6)
+
+    def save(self, fold_dir: Path) -> None:
+        fold_dir = Path(fold_dir)
+        save_weights_atomic(self.model, fold_dir / MODEL_FILE)
+        keep = {k: self.settings[k] for k in ARCH_KEYS if k in self.settings}
+        write_text_atomic(fold_dir / SETTINGS_FILE, json.dumps({"model": self.spec.name, **keep}, indent=2))
+
+    @classmethod
+    def load(cls, fold_dir: Path, ctx: FoldContext) -> "CNNTrainer":
+        from ichkit.models import get_model_spec
+
+        fold_dir = Path(fold_dir)
+        path = fold_dir / SETTINGS_FILE
+        if not path.is_file() or not (fold_dir / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{fold_dir}: no fitted CNN ({SETTINGS_FILE} and {MODEL_FILE} expected)")
+        saved = json.loads(path.read_text())
+        spec = get_model_spec(saved.pop("model"))
+        trainer = cls(spec, {**{k: None for k in spec.defaults}, **saved}, ctx)
+        trainer.model = trainer._build(None)
+        trainer.model.load_weights(fold_dir / MODEL_FILE)
+        return trainer
