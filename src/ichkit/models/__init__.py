@@ -18,7 +18,8 @@ from types import MappingProxyType
 from typing import Any
 
 # family -> module that registers its models on import
-FAMILY_MODULES: dict[str, str] = {"classical": "ichkit.models.classical", "cnn": "ichkit.models.cnn"}
+FAMILY_MODULES: dict[str, str] = {"classical": "ichkit.models.classical", "cnn": "ichkit.models.cnn",
+                                  "seg": "ichkit.models.seg"}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""What a segmenter reads from the prepare cache: the truth mask, the brain mask, the HU map, and the
-network's input image, all keyed by image id.
+"""What a segmenter reads from the prepare cache besides the network's input (that comes through the one
+input pipeline, `ichkit.models.cnn.inputs`): the truth mask, the brain mask and the HU map, by image id.
 
 Masks and scores live at ``prepare.seg_size`` (the cached ground-truth resolution, 512 on RSNA data);
 every model's prediction is brought to that grid before post-processing and scoring. An image has a
@@ -16,23 +16,11 @@ import numpy as np
 import pandas as pd
 
 from ichkit.cache import ImageCache
+from ichkit.windows import resize
 
 
 def mask_size(cfg: dict[str, Any]) -> int:
     return int(cfg["prepare"]["seg_size"])
-
-
-def resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    """Square-resize an (H, W[, C]) array; nearest for masks, area/linear for images and probabilities."""
-    import cv2
-
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if array.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(array, (size, size), interpolation=interp)
 
 
 def truth_kind(slices: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.Series:
@@ -47,6 +35,10 @@ def truth_kind(slices: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.S
     kind[any_.fillna(1).astype(int) == 0] = "normal"
     kind[s["has_mask"].fillna(False).astype(bool)] = "mask"
     return kind
+
+
+# (cache root, image id, bone_hu, erode_px) -> packed brain mask: a per-process memo (~8 KB an image)
+_BRAINS: dict[tuple, tuple[np.ndarray, tuple[int, int]]] = {}
 
 
 class SegData:
@@ -69,19 +61,19 @@ class SegData:
     def hu(self, image_id: str) -> np.ndarray:
         return self.cache.load("hu", image_id).astype(np.float32)
 
-    def brain(self, image_id: str, hu: np.ndarray | None = None) -> np.ndarray:
-        """The feature module's brain mask (from the HU map), at seg_size."""
+    def brain_small(self, image_id: str) -> np.ndarray:
+        """The feature module's brain mask (bool) on the HU map's grid; computed once per process (it is
+        the slow part of a threshold segmenter and every fold of every seg model asks for it again)."""
         from ichkit.features import brain_mask
 
-        hu = self.hu(image_id) if hu is None else hu
-        b = brain_mask(hu, self.features.bone_hu, self.features.brain_erode_px)
-        return resize(b.astype(np.uint8), self.size, nearest=True)
+        key = (str(self.cache.root), image_id, self.features.bone_hu, self.features.brain_erode_px)
+        packed = _BRAINS.get(key)
+        if packed is None:
+            b = brain_mask(self.hu(image_id), self.features.bone_hu, self.features.brain_erode_px)
+            packed = _BRAINS[key] = (np.packbits(b.ravel()), b.shape)
+        bits, shape = packed
+        return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
 
-    def image(self, image_id: str, size: int, source: str) -> np.ndarray:
-        """uint8 (size, size, 3) window image from the `cls` or `seg` cache, resized."""
-        if source not in ("cls", "seg"):
-            raise ValueError(f"seg image source must be cls or seg, got {source!r}")
-        if not self.cache.has(source, image_id):
-            hint = " (set prepare.seg_cache=all and re-run prepare)" if source == "seg" else ""
-            raise FileNotFoundError(f"{self.cache.path(source, image_id)} not in the cache{hint}")
-        return resize(self.cache.load(source, image_id), size, nearest=False)
+    def brain(self, image_id: str) -> np.ndarray:
+        """uint8 0/1 brain mask at seg_size."""
+        return resize(self.brain_small(image_id).astype(np.uint8), self.size, mask=True)

@@ -30,10 +30,11 @@ def _conv_block(x, filters: int, name: str):
 
 def build_resnet50_unet(size: int, weights: str | None = None,
                         decoder_filters: Sequence[int] = (256, 128, 64, 32, 16)):
-    """A compiled-free Keras model: uint8-range (size, size, 3) windows in, (size, size, 1) sigmoid out.
+    """An uncompiled Keras model: (size, size, 3) windows in [0, 1] (what `models.cnn.inputs.CacheSequence`
+    yields) in, (size, size, 1) sigmoid out.
 
-    `size` must be a multiple of 32 (five x2 downsamplings). The input is the 0-255 window image; the
-    ResNet50 preprocessing (caffe mean subtraction) is a layer inside the model, so callers never repeat it.
+    `size` must be a multiple of 32 (five x2 downsamplings). ResNet50's own preprocessing (caffe: x255,
+    minus the ImageNet channel means) is the model's first layer, so callers never repeat it.
     """
     import keras
     from keras import layers
@@ -43,9 +44,10 @@ def build_resnet50_unet(size: int, weights: str | None = None,
     if len(decoder_filters) != 5:
         raise ValueError(f"decoder_filters needs 5 values (one per x2 step), got {list(decoder_filters)}")
     inputs = keras.Input((size, size, 3), name="image")
-    # ResNet50's caffe preprocessing (per-channel mean subtraction, no scaling) as a plain layer, so the
-    # saved model needs no Lambda; the window channels are not RGB, so the BGR flip is left out
-    x = layers.Normalization(mean=CAFFE_MEAN, variance=(1.0, 1.0, 1.0), name="preprocess")(inputs)
+    # caffe preprocessing of x * 255 as a plain Normalization layer (the saved model needs no Lambda): the
+    # window channels are not RGB, so the BGR flip is left out
+    x = layers.Normalization(mean=[m / 255.0 for m in CAFFE_MEAN], variance=[(1 / 255.0) ** 2] * 3,
+                             name="preprocess")(inputs)
     encoder = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
     x = encoder.get_layer(BOTTLENECK).output
     for i, filters in enumerate(decoder_filters):
