@@ -218,6 +218,10 @@ class ResNet50UNetSeg(FoldTrainer):
 
     def _choose_postprocess(self, valid_ids: list[str]) -> None:
         v_masked, v_normal = _known_truth(self.ctx, list(valid_ids))
+        cap = int(self.ctx.cfg["seg"]["postprocess"]["max_valid_normals"])
+        if len(v_normal) > cap:  # every masked slice, and a seeded sample of the normal ones
+            rng = np.random.default_rng(int(self.ctx.seed) + int(self.ctx.fold))
+            v_normal = [v_normal[i] for i in sorted(rng.choice(len(v_normal), cap, replace=False))]
         ids = v_masked + v_normal
         probs = [p.astype(np.float32) / 255.0 for p in self.probabilities(ids)]
         truths = [self.data.truth(i) for i in ids]
