@@ -218,6 +218,22 @@ def test_hu_threshold_seg_through_the_folds_and_the_table(seg_work, monkeypatch,
     vol = pd.read_csv(files["volumes"])
     assert len(vol) == 1 and vol.loc[0, "volume_ml"] > 0
 
+    # positives called by a classifier's test predictions instead: only its positive slices keep a mask
+    from ichkit import oof as oof_files
+
+    positive = sorted(p.stem for p in pngs)
+    test_ids = slices.loc[slices["split"] == "test", "image_id"].tolist()
+    p_any = np.array([0.9 if i == positive[0] else 0.1 for i in test_ids])
+    p7 = np.column_stack([np.tile(p_any[:, None] / 6, (1, 6)), 1 - p_any])
+    p6 = np.column_stack([p_any, np.tile(p_any[:, None] / 5, (1, 5))])
+    called = oof_files.predictions_frame(test_ids, oof_files.MERGED_TEST_FOLD, p7, p6)
+    path = oof_files.merged_paths(cfg["paths"]["work"], "some_classifier")[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    called.to_parquet(path, index=False)
+    cfg["seg"]["positive_from"] = "some_classifier"
+    files = write_submission_masks(cfg["paths"]["work"], tmp_path / "sub2", "run2", cfg, model="hu_threshold_seg")
+    assert [p.stem for p in files["mask_pngs"].glob("*.png")] == positive[:1]
+
 
 def test_resnet50_unet_seg_fold_never_sees_the_heldout_fold(seg_work, monkeypatch):
     from ichkit.models.seg.results import fold_paths, read_test_masks

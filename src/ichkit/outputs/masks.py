@@ -195,11 +195,26 @@ def slices_with_sizes(work: Path | str) -> pd.DataFrame:
     return slices.merge(manifest, on="image_id", how="inner")
 
 
+def positive_test_slices(work: Path | str, cfg: dict[str, Any], masks: Mapping[str, np.ndarray]) -> set[str]:
+    """The test slices whose masks are kept: ``seg.positive_from: segmenter`` keeps every non-empty mask (the
+    segmenter's own detection); a classifier or stack model name keeps those whose test ``rsna_any`` is at
+    least ``seg.positive_threshold`` (and the segmenter found blood on)."""
+    source = str(cfg["seg"]["positive_from"])
+    found = {i for i, m in masks.items() if m.any()}
+    if source == "segmenter":
+        return found
+    from ichkit import oof
+
+    test = oof.read_test(work, source)
+    called = set(test.loc[test["rsna_any"] >= float(cfg["seg"]["positive_threshold"]), "image_id"])
+    return found & called
+
+
 def write_submission_masks(work: Path | str, out_dir: Path | str, run_id: str, cfg: dict[str, Any],
                            model: str | None = None) -> dict[str, Path]:
-    """Write ``<out_dir>/<run_id>_masks/<image_id>.png`` (positive test slices only), ``<run_id>_masks.csv``
-    (RLE, every test image) and ``<run_id>_volumes.csv`` from `model`'s voted test masks (default
-    `seg.submit_model`). Returns {name: path}; {} when that model has no test masks yet."""
+    """Write ``<out_dir>/<run_id>_masks/<image_id>.png`` (positive test slices only, `positive_test_slices`),
+    ``<run_id>_masks.csv`` (RLE, every test image) and ``<run_id>_volumes.csv`` from `model`'s voted test
+    masks (default `seg.submit_model`). Returns {name: path}; {} when that model has no test masks yet."""
     from ichkit.models.seg.results import read_test_masks, test_masks_exist
 
     work, out_dir = Path(work), Path(out_dir)
@@ -207,6 +222,9 @@ def write_submission_masks(work: Path | str, out_dir: Path | str, run_id: str, c
     if not test_masks_exist(work, model):
         return {}
     masks, areas = read_test_masks(work, model, cfg)
+    called = positive_test_slices(work, cfg, masks)
+    masks = {i: (m if i in called else np.zeros_like(m)) for i, m in masks.items()}
+    areas = areas.assign(area_px=[int(masks[i].sum()) for i in areas["image_id"]])
     slices = slices_with_sizes(work)
     test = slices[slices["split"] == "test"]
     sizes = {r.image_id: (int(r.height), int(r.width)) for r in test.itertuples()}
