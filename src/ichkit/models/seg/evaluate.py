@@ -90,7 +90,7 @@ def print_seg_table(cfg: dict[str, Any]) -> pd.DataFrame | None:
         return None
     csv_path, md_path = work / "seg_evaluation.csv", work / "seg_evaluation.md"
     table.to_csv(csv_path, float_format="%.6f")
-    md_path.write_text("Segmentation, out-of-fold (mean Dice over slices with blood first)\n\n" + markdown_table(table))
+    md_path.write_text("Segmentation, out-of-fold (mean Dice over slices with blood first)\n\n" + markdown_table(table.astype(object)))
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print("\nsegmentation, out-of-fold (baselines measured on the same images):")
         print(table.to_string())
