@@ -241,7 +241,7 @@ def test_resnet50_unet_seg_fold_never_sees_the_heldout_fold(seg_work, monkeypatc
     from ichkit.models.seg.trainers import ResNet50UNetSeg
 
     cfg, slices, folds = seg_work
-    cfg["seg"]["profiles"]["quick"].update(size=32, epochs=1, samples_per_class=2, batch=4)
+    cfg["seg"]["profiles"]["quick"].update(size=32, epochs=2, samples_per_class=1, batch=4)
     cfg["seg"]["postprocess"].update(thresholds=[0.5], min_sizes=[0, 10])
     calls = _spy_truth(monkeypatch)
     segment(["resnet50_unet_seg"], cfg, folds_wanted=[1], progress=False)
@@ -254,7 +254,7 @@ def test_resnet50_unet_seg_fold_never_sees_the_heldout_fold(seg_work, monkeypatc
     assert sorted(oof["image_id"]) == sorted(heldout)
     assert set(oof["mask_height"]) == {SIZE}                   # predictions come back at seg_size
     fold_dir = work / "models" / "resnet50_unet_seg" / "fold1"
-    assert (fold_dir / "log.csv").is_file() and (fold_dir / "postprocess.json").is_file()
+    assert len(pd.read_csv(fold_dir / "log.csv")) == 2 and (fold_dir / "postprocess.json").is_file()
     # a reloaded fold model predicts what the trained one did
     from ichkit.engine.trainer import FoldContext
 

@@ -208,9 +208,10 @@ class ResNet50UNetSeg(FoldTrainer):
                 start = int(state["epochs_done"])
         seq = self._sequence(masked + normal, train=True)
         epochs = int(self.params["epochs"])
-        log = keras.callbacks.CSVLogger(str(fold_dir / "log.csv"), append=start > 0)
         for epoch in range(start, epochs):
             seq.set_epoch(epoch)
+            # one fit call per epoch (a checkpoint after each): the log is appended to after the first
+            log = keras.callbacks.CSVLogger(str(fold_dir / "log.csv"), append=epoch > 0)
             self.model.fit(seq, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[log])
             self.model.save_weights(fold_dir / self.WEIGHTS)
             write_text_atomic(state_path, json.dumps({"epochs_done": epoch + 1, "params": self.params}))
