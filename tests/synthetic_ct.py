@@ -105,16 +105,19 @@ def subtypes_of(kind: str) -> dict[str, int]:
 
 
 def make_work(work: Path, patients_per_class: int = 3, slices_per_patient: int = 2, test_patients: int = 2,
-              k: int = 3, seed: int = 0) -> tuple[pd.DataFrame, Path]:
+              k: int = 3, seed: int = 0, normal_patients: int | None = None) -> tuple[pd.DataFrame, Path]:
     """Write a prepared work folder (table.parquet + cls/hu cache) and a folds.csv; return (slices, folds path).
 
     Patients carry one class each; patients of each class are spread round-robin over the k folds.
+    `normal_patients` (default `patients_per_class`) makes the set imbalanced like real CT.
     """
     rng = np.random.default_rng(seed)
     cache = ImageCache(work)
     rows, fold_rows = [], []
     n = 0
-    plan = [(c, p) for c in CLASSES7 for p in range(patients_per_class)] + [("test", p) for p in range(test_patients)]
+    n_normal = patients_per_class if normal_patients is None else normal_patients
+    plan = [(c, p) for c in CLASSES7 for p in range(n_normal if c == "normal" else patients_per_class)]
+    plan += [("test", p) for p in range(test_patients)]
     for kind, p in plan:
         patient = f"P_{kind}_{p}"
         split = "test" if kind == "test" else "train"

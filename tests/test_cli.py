@@ -64,3 +64,47 @@ def test_parser_builds_one_subcommand_per_stage():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "stage")
     assert list(sub.choices) == list(STAGES)
+
+
+def test_unknown_config_keys_name_the_nearest_valid_one(tmp_path):
+    from ichkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--set folds\.kk=3: unknown config key folds\.kk \(did you mean folds\.k\?\)"):
+        load_config(overrides=["folds.kk=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key trian \(did you mean train\?\)"):
+        load_config(overrides=["trian.seed=1"])
+    user = tmp_path / "exp.yaml"
+    user.write_text(yaml.safe_dump({"features": {"pixel_sise": 16}}))
+    with pytest.raises(ConfigError, match=rf"config file {user}: unknown config key features\.pixel_sise "
+                                          r"\(did you mean features\.pixel_size\?\)"):
+        load_config(user)
+    # the open mappings take the user's names
+    cfg = load_config(overrides=["models.lgbm_radiomic.num_leaves=31", "prepare.windows.stroke=[32, 8]"])
+    assert cfg["models"] == {"lgbm_radiomic": {"num_leaves": 31}} and cfg["prepare"]["windows"]["stroke"] == [32, 8]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("folds.k=abc", r"folds\.k = the string 'abc' is not an integer \(default: 5\)"),
+    ("folds.k=2.5", r"folds\.k = a number \(2\.5\) is not an integer"),
+    ("train.use_tuned=maybe", r"train\.use_tuned = the string 'maybe' is not true or false"),
+    ("features.blood_hu=[40, x]", r"features\.blood_hu = a list \(\[40, 'x'\]\) is not a list of numbers"),
+    ("prepare.windows.brain=[40]", r"prepare\.windows\.brain must be \[centre, width\]"),
+    ("folds=3", r"folds must be a mapping of keys"),
+])
+def test_wrong_types_name_the_key_and_the_value(override, message):
+    from ichkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"--set {override.split('=')[0]}.*" + message):
+        load_config(overrides=[override])
+
+
+def test_a_bad_value_is_one_error_line_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["folds", "--set", "folds.k=abc"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "folds.k = the string 'abc' is not an integer" in err and "Traceback" not in err
+    # a stage's own error (here: no table yet) is caught once, in cli.main
+    assert main(["train", "--work", str(tmp_path / "w"), "--set", f"paths.folds={tmp_path / 'f.csv'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ichkit train: error:") and "Traceback" not in err

@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ichkit.errors import IchkitError
+
 # Bump when the definition of any feature changes: cached files computed by older code are then redone.
 FEATURE_VERSION = 2
 FEATURE_SETS: tuple[str, ...] = ("pixels", "radiomic")
 PIXEL_PREFIX = "px_"
 
 
-class FeatureError(ValueError):
+class FeatureError(IchkitError):
     """A cached image or feature file that cannot be used; the message names the file and the problem."""
 
 
