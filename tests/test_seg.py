@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ichkit.cache import ImageCache
-from ichkit.labels import CLASSES7, SUBTYPES
+from ichkit.labels import SUBTYPES
 from ichkit.metrics import mask_scores, segmentation_summary
 from ichkit.models.seg import postprocess
 from ichkit.slicedata import SliceData
@@ -154,7 +154,7 @@ def seg_work(tmp_path: Path):
     cfg["paths"]["folds"] = str(folds_path)
     cfg["prepare"]["windows"] = {k: list(v) for k, v in WINDOWS.items()}
     cfg["prepare"]["cls_size"] = cfg["prepare"]["seg_size"] = SIZE
-    cfg["seg"]["inner_valid_fraction"] = 0.34
+    cfg["train"]["inner_valid_fraction"] = 0.34
     cfg["seg"]["hu_threshold"]["fit_images"] = 12
     cfg["seg"]["hu_threshold"]["min_px"] = [4, 12]
     return cfg, slices, pd.read_csv(folds_path)

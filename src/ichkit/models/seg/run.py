@@ -1,7 +1,7 @@
 """Stage `segment`: train each seg model per fold, write the seg OOF / test parts, merge and score them.
 
 For held-out fold k of folds.csv: the other folds' images are split by patient into ``train_ids`` and an
-inner ``valid_ids`` (``seg.inner_valid_fraction``); the trainer gets a `FoldContext` whose labels cover
+inner ``valid_ids`` (`ichkit.engine.validation.inner_split`, ``train.inner_valid_fraction``); the trainer gets a `FoldContext` whose labels cover
 those two sets only, fits, saves into ``<work>/models/<model>/fold<k>/`` and predicts the held-out fold
 and the test images (`results` has the file contract). A fold whose two parts exist is skipped (``--force``
 redoes it); ``--fold K`` runs one fold, so folds can run on different machines; once every fold's parts
@@ -19,21 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ichkit.engine.trainer import FoldContext
-
-
-def inner_split(ids: list[str], patients: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(train_ids, valid_ids): about `fraction` of the patients go to valid; grouped, seeded."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    if fraction <= 0 or len(set(patients)) < 2:
-        return list(ids), []
-    split = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=int(seed))
-    tr, va = next(split.split(np.zeros(len(ids)), groups=np.asarray(patients)))
-    return [ids[i] for i in tr], [ids[i] for i in va]
 
 
 def labels_frame(slices: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
@@ -50,6 +38,7 @@ def labels_frame(slices: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
 def run_fold(model: str, fold: int, cfg: dict[str, Any], slices: pd.DataFrame, folds: pd.DataFrame,
              force: bool = False, progress: bool = True) -> float:
     """Train and predict one (model, fold); returns the seconds taken (0 when already done)."""
+    from ichkit.engine.validation import inner_split
     from ichkit.models.seg import make_trainer, results
 
     work = Path(cfg["paths"]["work"])
@@ -58,8 +47,10 @@ def run_fold(model: str, fold: int, cfg: dict[str, Any], slices: pd.DataFrame, f
     t0 = time.perf_counter()
     seed = int(cfg["train"]["seed"])
     rest = folds[folds["fold"] != fold]
-    train_ids, valid_ids = inner_split(rest["image_id"].tolist(), rest["patient_id"].tolist(),
-                                       float(cfg["seg"]["inner_valid_fraction"]), seed + fold)
+    target = slices.set_index("image_id").loc[rest["image_id"], "label7"].to_numpy()
+    # the engine's inner split (patient-grouped, stratified, seeded by fold), as the driver makes it
+    train_ids, valid_ids = inner_split(rest["image_id"].to_numpy(), rest["patient_id"].to_numpy(), target,
+                                       float(cfg["train"]["inner_valid_fraction"]), seed=seed * 1000 + fold)
     heldout = folds.loc[folds["fold"] == fold, "image_id"].tolist()
     test_ids = slices.loc[(slices["split"] == "test") & (slices["status"] == "ok"), "image_id"].tolist()
     ctx = FoldContext(cfg=cfg, work=work, model=model, fold=fold, seed=seed, task="seg", slices=slices,
