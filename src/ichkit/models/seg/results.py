@@ -15,7 +15,7 @@ and, once every fold is done:
 
 - ``<work>/seg_oof/<model>.parquet``: per training image ``image_id, fold, truth`` (mask | normal | unknown),
   ``dice, iou, precision, recall`` (NaN where undefined or the truth is unknown), ``pred_area_px,
-  true_area_px, score``
+  true_area_px, score, tp_px`` (blood pixels predicted correctly: pooled scores sum them)
 - ``<work>/seg_oof/<model>.masks.parquet``: ``image_id, mask_height, mask_width, mask_bits`` for every
   non-empty OOF prediction (the report draws them with `unpack_mask`)
 - test masks are voted over the folds on demand (`read_test_masks`, share `seg.test_vote`).
@@ -143,13 +143,12 @@ def merge(work: Path | str, model: str, folds: pd.DataFrame, slices: pd.DataFram
         row = {"image_id": r.image_id, "fold": int(r.fold), "truth": k, "pred_area_px": int(r.area_px),
                "score": float(r.score)}
         if k == "unknown":
-            row.update(dice=np.nan, iou=np.nan, precision=np.nan, recall=np.nan, true_area_px=np.nan)
+            row.update(dice=np.nan, iou=np.nan, precision=np.nan, recall=np.nan, true_area_px=np.nan, tp_px=np.nan)
         else:
             tp, n_pred, n_true = mask_counts(p, truth_of(r.image_id))
             row.update(overlap_scores(tp, n_pred, n_true), true_area_px=n_true, tp_px=tp)
         rows.append(row)
     table = pd.DataFrame(rows)
-    table["tp_px"] = table.get("tp_px", np.nan)
     metrics_path, masks_path = merged_paths(work, model)
     _write(table[list(OOF_COLUMNS) + ["tp_px"]], metrics_path)
     _write(pred.loc[pred["area_px"] > 0, ["image_id", "mask_height", "mask_width", "mask_bits"]], masks_path)
