@@ -19,6 +19,7 @@ from typing import Any
 
 # family -> module that registers its models on import
 FAMILY_MODULES: dict[str, str] = {"classical": "ichkit.models.classical", "cnn": "ichkit.models.cnn"}
+FAMILY_MODULES["stack"] = "ichkit.models.stack"  # the meta-learner on first-level OOF (ichkit stack)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,234 @@
+"""Stage `stack`: fit the meta-learner fold by fold, compare it with the best single model and the plain
+mean of the models, and choose the ensemble the submission (and `predict`) uses.
+
+``ichkit stack [--models a,b,...] [--force]``
+
+1. The first-level models (`stack.models`; "all" = every model with a merged OOF file) are read
+   (`models.stack.StackFeatures`).
+2. For every fold k of folds.csv (the same patient-grouped folds as the first level) a `StackTrainer` is
+   fitted on the other folds' OOF rows and predicts fold k and the test split; the parts are written and
+   merged through the OOF contract as model ``stack_lgbm`` (`ichkit.oof`), so its score is out-of-fold.
+   Finished folds are skipped unless the inputs changed (other first-level OOF files, folds, params or
+   settings: `stack_fingerprint`) or ``--force``.
+3. Three candidates are scored on the same OOF rows by `stack.select_by` (the RSNA log loss): the best
+   single first-level model, the plain mean of the first-level models, the stacker. The winner (the
+   stacker only if it beats both) and the gains go to ``<work>/stack/ensemble.json`` together with the
+   run's settings, which is what `submit`, `report` and `predict` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ichkit.files import write_text_atomic
+
+ENSEMBLE_FILE = Path("stack") / "ensemble.json"
+CANDIDATES = ("single", "mean", "stack")
+LOWER_IS_BETTER = {"rsna_logloss"}
+
+
+def ensemble_path(work: Path | str) -> Path:
+    return Path(work) / ENSEMBLE_FILE
+
+
+def read_ensemble(work: Path | str) -> dict[str, Any]:
+    path = ensemble_path(work)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `ichkit stack` first (it chooses the ensemble)")
+    return json.loads(path.read_text())
+
+
+def mean_predictions(frames: list[pd.DataFrame], fold: int | None = None) -> pd.DataFrame:
+    """The plain mean of contract frames over the same images (rows in the first frame's order)."""
+    from ichkit.oof import PROB_COLUMNS, RSNA_COLUMNS, predictions_frame
+
+    ids = frames[0]["image_id"].astype(str).tolist()
+    aligned = [f.set_index(f["image_id"].astype(str)).loc[ids] for f in frames]
+    p7 = np.mean([a[list(PROB_COLUMNS)].to_numpy() for a in aligned], axis=0)
+    p6 = np.mean([a[list(RSNA_COLUMNS)].to_numpy() for a in aligned], axis=0)
+    folds = frames[0]["fold"].to_numpy() if fold is None else fold
+    out = predictions_frame(ids, 0, p7 / p7.sum(axis=1, keepdims=True), p6)
+    out["fold"] = folds
+    return out
+
+
+def ensemble_test(work: Path | str, ensemble: dict[str, Any]) -> pd.DataFrame:
+    """Test predictions of the chosen ensemble from the merged test files in `work`."""
+    from ichkit import oof
+
+    winner = ensemble["winner"]
+    if winner == "mean":
+        return mean_predictions([oof.read_test(work, m) for m in ensemble["first_level"]])
+    return oof.read_test(work, ensemble["model"])
+
+
+def stack_fingerprint(work: Path, models: list[str], params: dict[str, Any], stack_cfg: dict[str, Any],
+                      folds_file: Path, seed: int) -> str:
+    """Hash of everything the stacker's folds depend on: first-level OOF and test files, folds, settings."""
+    from ichkit import oof
+    from ichkit.models.stack import StackTrainer
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"models": models, "params": params, "neighbours": stack_cfg["neighbours"],
+                         "seed": seed, "code": StackTrainer.code_version}, sort_keys=True).encode())
+    for m in models:
+        for path in oof.merged_paths(work, m):
+            h.update(path.read_bytes() if path.is_file() else b"-")
+    h.update(Path(folds_file).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def candidate_scores(oof_frames: dict[str, pd.DataFrame], stack_oof: pd.DataFrame | None, slices: pd.DataFrame,
+                     select_by: str) -> dict[str, Any]:
+    """Scores of every first-level model, their mean and the stacker on the same rows, and the winner."""
+    from ichkit.metrics import SCORE_KEYS
+    from ichkit.oof import score_oof
+
+    if select_by not in SCORE_KEYS:
+        raise ValueError(f"stack.select_by must be one of {list(SCORE_KEYS)}, got {select_by!r}")
+    lower = select_by in LOWER_IS_BETTER
+    singles = {m: score_oof(f, slices) for m, f in oof_frames.items()}
+    best = sorted(singles, key=lambda m: singles[m][select_by] * (1 if lower else -1))[0]
+    scores = {"single": singles[best], "mean": score_oof(mean_predictions(list(oof_frames.values())), slices)}
+    if stack_oof is not None:
+        scores["stack"] = score_oof(stack_oof, slices)
+    key = {c: s[select_by] * (1 if lower else -1) for c, s in scores.items()}
+    # ties go to the simpler candidate: single, then mean, then the stacker
+    winner = min((c for c in CANDIDATES if c in scores), key=lambda c: (key[c], CANDIDATES.index(c)))
+    gain = {}
+    if "stack" in scores:
+        for other in ("single", "mean"):
+            diff = scores[other][select_by] - scores["stack"][select_by]
+            gain[f"stack_vs_{other}"] = float(diff if lower else -diff)  # > 0: the stacker is better
+    return {"select_by": select_by, "best_single": best, "singles": singles, "candidates": scores,
+            "winner": winner, "gain": gain}
+
+
+def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Fit the stacker on every fold, compare, write and return ensemble.json's content."""
+    from ichkit import oof
+    from ichkit.engine.trainer import FoldContext
+    from ichkit.folds import folds_path, read_folds
+    from ichkit.labels import RSNA_LABELS
+    from ichkit.models.stack import SPEC, STACK_MODEL, StackFeatures, StackTrainer, first_level_models
+    from ichkit.table import read_table
+    from ichkit.train import resolve_params
+
+    work = Path(cfg["paths"]["work"])
+    stack_cfg = cfg["stack"]
+    slices = read_table(work).slices
+    folds = read_folds(folds_path(cfg), slices)
+    names = first_level_models(work, models if models != "all" else stack_cfg["models"])
+    seed = int(stack_cfg["seed"] if stack_cfg["seed"] is not None else cfg["train"]["seed"])
+    params, source = resolve_params(SPEC, cfg, use_tuned=bool(cfg["train"]["use_tuned"]))
+    select_by = str(stack_cfg["select_by"])
+    offsets = list(stack_cfg["neighbours"])
+
+    oof_frames = {m: oof.read_oof(work, m) for m in names}
+    use_stacker = len(names) >= int(stack_cfg["min_models"])
+    stack_oof = None
+    fingerprint = stack_fingerprint(work, names, params, stack_cfg, folds_path(cfg), seed)
+    model_dir = work / "models" / STACK_MODEL
+    if use_stacker:
+        print(f"stack: {len(names)} first-level models ({', '.join(names)}); params from {source}")
+        features = StackFeatures.build(work, names, slices, offsets)
+        print(f"stack: {features.X.shape[1]} features per slice (models, their mean, context at offsets "
+              f"+-{offsets} and series max/mean)")
+        y7, y6 = oof.truth_for(folds, slices, what="training images of folds.csv")
+        labels = pd.DataFrame({"y7": y7}, index=pd.Index(folds["image_id"].astype(str), name="image_id"))
+        labels[list(RSNA_LABELS)] = y6
+        test_ids = [i for i in features.X.index if i not in labels.index]
+        fp_path = model_dir / "fingerprint.json"
+        recorded = json.loads(fp_path.read_text()).get("fingerprint") if fp_path.is_file() else None
+        stale = recorded != fingerprint
+        if stale and recorded is not None:
+            print("stack: the first-level predictions, folds or settings changed since the last fit; refitting every fold")
+        fold_ids = sorted(int(f) for f in folds["fold"].unique())
+        for k in fold_ids:
+            if oof.fold_done(work, STACK_MODEL, k) and not (force or stale):
+                print(f"{STACK_MODEL} fold {k}: done already (--force to refit)")
+                continue
+            t0 = time.perf_counter()
+            held = folds["fold"] == k
+            train_ids = folds.loc[~held, "image_id"].astype(str).tolist()
+            held_ids = folds.loc[held, "image_id"].astype(str).tolist()
+            ctx = FoldContext(cfg=cfg, work=work, model=STACK_MODEL, fold=k, seed=seed, task="7class",
+                              slices=slices, labels=labels.loc[train_ids], progress=progress)
+            trainer = StackTrainer(params, ctx, features)
+            fold_dir = model_dir / f"fold{k}"
+            trainer.fit(train_ids, [], fold_dir, resume=False)
+            trainer.save(fold_dir)
+            oof.write_fold(work, STACK_MODEL, k, trainer.predict(held_ids), trainer.predict(test_ids))
+            print(f"{STACK_MODEL} fold {k}: fitted on {len(train_ids)} slices, predicted {len(held_ids)} held-out "
+                  f"+ {len(test_ids)} test ({time.perf_counter() - t0:.1f} s)")
+        stack_oof, _ = oof.merge(work, STACK_MODEL, folds)
+        write_text_atomic(fp_path, json.dumps({"fingerprint": fingerprint, "models": names}, indent=2) + "\n")
+    else:
+        print(f"stack: only {len(names)} first-level model(s): no stacker (stack.min_models), "
+              "the best single model is used")
+
+    result = candidate_scores(oof_frames, stack_oof, slices, select_by)
+    winner = result["winner"]
+    ensemble = {
+        "winner": winner,
+        "model": {"single": result["best_single"], "mean": "mean", "stack": STACK_MODEL}[winner],
+        "first_level": names,
+        **result,
+        "folds": sorted(int(f) for f in folds["fold"].unique()),
+        "folds_file": str(folds_path(cfg)),
+        "stack_params": params if use_stacker else None,
+        "fingerprint": fingerprint,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cfg": cfg,
+    }
+    write_text_atomic(ensemble_path(work), json.dumps(ensemble, indent=2, default=str) + "\n")
+    print(format_comparison(ensemble))
+    print(f"-> {ensemble_path(work)}")
+    return ensemble
+
+
+def format_comparison(ensemble: dict[str, Any]) -> str:
+    key = ensemble["select_by"]
+    lines = [f"out-of-fold {key} of the candidates (same {len(ensemble['folds'])} patient-grouped folds):"]
+    labels = {"single": f"best single model ({ensemble['best_single']})",
+              "mean": f"plain mean of {len(ensemble['first_level'])} models", "stack": "stacker (stack_lgbm)"}
+    for c in CANDIDATES:
+        if c in ensemble["candidates"]:
+            s = ensemble["candidates"][c]
+            mark = "  <- used for the submission" if c == ensemble["winner"] else ""
+            lines.append(f"  {labels[c]:<40} {key} {s[key]:.4f}  balanced acc {s['balanced_accuracy']:.3f}  "
+                         f"any AUC {s['any_auc']:.3f}{mark}")
+    for name, value in ensemble.get("gain", {}).items():
+        lines.append(f"  gain {name.replace('_', ' ')}: {value:+.4f} {key} (> 0: the stacker is better)")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default="all",
+                        help="first-level models (comma list; default stack.models: every merged OOF file)")
+    parser.add_argument("--force", action="store_true", help="refit the stacker's folds even if they are done")
+
+
+def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    from ichkit.folds import FoldsError
+    from ichkit.models.stack import StackError
+    from ichkit.oof import OOFError
+
+    models = "all" if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        run_stack(cfg, models, force=args.force)
+    except (StackError, OOFError, FoldsError, FileNotFoundError, ValueError) as exc:
+        print(f"ichkit stack: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
