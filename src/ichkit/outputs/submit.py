@@ -148,6 +148,7 @@ def sample_submission_path(root: Path, layout: str) -> Path | None:
 
 def test_predictions_with_fallback(pred: pd.DataFrame, slices: pd.DataFrame, test_ids: list[str],
                                    fallback: str, reasons: dict[str, str] | None = None,
+                                   prior_table: pd.DataFrame | None = None,
                                    ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """`pred` completed to every id of `test_ids` (fallback rows for the others), and the fallback list
     (image id, table status, quarantine reason from `reasons`)."""
@@ -159,17 +160,20 @@ def test_predictions_with_fallback(pred: pd.DataFrame, slices: pd.DataFrame, tes
     listed = [{"image_id": i, "status": str(by_id["status"].get(i, "not in table")),
                "reason": (reasons or {}).get(i, ""), "fallback": fallback} for i in lacking]
     if lacking:
-        pred = pd.concat([pred, prior_fallback(slices, lacking)], ignore_index=True)
+        prior = prior_fallback(slices if prior_table is None else prior_table, lacking)
+        pred = pd.concat([pred, prior], ignore_index=True)
     return pred, listed
 
 
 def write_submission(work: Path, out_dir: Path, ensemble: dict[str, Any], pred: pd.DataFrame,
                      slices: pd.DataFrame, root: Path, layout: str, cfg: dict[str, Any],
-                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                     extra: dict[str, Any] | None = None, run_id: str | None = None,
+                     prior_table: pd.DataFrame | None = None) -> dict[str, Any]:
     """Validate and write the RSNA CSV, the 7-class CSV, masks (when available) and the sidecar.
 
     `pred` holds the ensemble's test predictions (contract columns); every test image of `slices` gets
-    rows, the ones without a prediction via the fallback. Returns the sidecar (with the files written).
+    rows, the ones without a prediction via the fallback, whose prior comes from the training images of
+    `prior_table` (default `slices`). `run_id` defaults to `run_id_of(ensemble)`. Returns the sidecar.
     """
     from ichkit.cache import ImageCache
 
@@ -178,7 +182,8 @@ def write_submission(work: Path, out_dir: Path, ensemble: dict[str, Any], pred: 
     if not test_ids:
         raise SubmissionError("the table has no test images: nothing to submit")
     pred, fallback = test_predictions_with_fallback(pred, slices, test_ids, cfg["submit"]["fallback"],
-                                                    read_quarantine_reasons(ImageCache(work).quarantine_path))
+                                                    read_quarantine_reasons(ImageCache(work).quarantine_path),
+                                                    prior_table)
     sample = sample_submission_path(root, layout)
     row_order = sample_row_order(sample, test_ids)
     expected_images = {r.rpartition("_")[0] for r in row_order}
@@ -189,7 +194,7 @@ def write_submission(work: Path, out_dir: Path, ensemble: dict[str, Any], pred: 
     rsna = rsna_submission(pred, row_order)
     class7 = class7_submission(pred.set_index(pred["image_id"].astype(str)).loc[test_ids].reset_index(drop=True))
 
-    run_id = run_id_of(ensemble)
+    run_id = run_id or run_id_of(ensemble)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"rsna": out_dir / f"{run_id}_rsna.csv", "class7": out_dir / f"{run_id}_7class.csv"}
     with atomic_path(files["rsna"]) as tmp:
