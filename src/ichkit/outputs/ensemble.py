@@ -180,6 +180,12 @@ def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool 
 
     result = candidate_scores(oof_frames, stack_oof, slices, select_by)
     winner = result["winner"]
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if ensemble_path(work).is_file():  # the same inputs give the same run (id): a re-run writes no new files
+        before = read_ensemble(work)
+        if (before.get("fingerprint"), before.get("first_level"), before.get("select_by"), before.get("winner")) == \
+                (fingerprint, names, select_by, winner):
+            created = before["created"]
     ensemble = {
         "winner": winner,
         "model": {"single": result["best_single"], "mean": "mean", "stack": STACK_MODEL}[winner],
@@ -189,10 +195,12 @@ def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool 
         "folds_file": str(folds_path(cfg)),
         "stack_params": params if use_stacker else None,
         "fingerprint": fingerprint,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "cfg": cfg,
     }
-    write_text_atomic(ensemble_path(work), json.dumps(ensemble, indent=2, default=str) + "\n")
+    text = json.dumps(ensemble, indent=2, default=str) + "\n"
+    if not ensemble_path(work).is_file() or ensemble_path(work).read_text() != text:
+        write_text_atomic(ensemble_path(work), text)
     print(format_comparison(ensemble))
     print(f"-> {ensemble_path(work)}")
     return ensemble

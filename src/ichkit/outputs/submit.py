@@ -248,7 +248,9 @@ def write_masks(work: Path, out_dir: Path, run_id: str, cfg: dict[str, Any]) -> 
     return {k: Path(v) for k, v in writer(work=work, out_dir=out_dir, run_id=run_id, cfg=cfg).items()}
 
 
-def submit(cfg: dict[str, Any], out_dir: Path | None = None) -> dict[str, Any]:
+def submit(cfg: dict[str, Any], out_dir: Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Write the submission files of the ensemble `ichkit stack` chose; an existing complete set of the
+    same run id is kept (unless `force`)."""
     from ichkit.outputs.ensemble import ensemble_test, read_ensemble
     from ichkit.table import read_table
 
@@ -256,6 +258,12 @@ def submit(cfg: dict[str, Any], out_dir: Path | None = None) -> dict[str, Any]:
     ensemble = read_ensemble(work)
     ds = read_table(work)
     out_dir = Path(out_dir or cfg["paths"]["submissions"])
+    done = out_dir / f"{run_id_of(ensemble)}.json"
+    if done.is_file() and not force:
+        sidecar = json.loads(done.read_text())
+        if all(Path(p).exists() for p in sidecar["files"].values()):
+            print(f"submission {sidecar['run_id']}: done already (--force to rewrite)")
+            return sidecar
     sidecar = write_submission(work, out_dir, ensemble, ensemble_test(work, ensemble), ds.slices, ds.root,
                                ds.layout, cfg)
     print(format_sidecar(sidecar))
@@ -276,13 +284,14 @@ def format_sidecar(sidecar: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: paths.submissions)")
+    parser.add_argument("--force", action="store_true", help="rewrite the files of a run id that exist already")
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     from ichkit.oof import OOFError
 
     try:
-        submit(cfg, args.out)
+        submit(cfg, args.out, args.force)
     except (SubmissionError, OOFError, FileNotFoundError) as exc:
         print(f"ichkit submit: error: {exc}", file=sys.stderr)
         return 1

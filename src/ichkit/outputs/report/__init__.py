@@ -227,6 +227,20 @@ def render_markdown(ctx: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def inputs_digest(work: Path) -> str:
+    """Hash of the files a report is made from: the same digest means the same report."""
+    import hashlib
+
+    from ichkit.cache import ImageCache
+
+    files = [*sorted((work / "oof").glob("*.parquet")), *sorted((work / "seg_oof").glob("*.parquet")),
+             work / "stack" / "ensemble.json", ImageCache(work).quarantine_path, work / "table.parquet"]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p).encode() + (p.read_bytes() if p.is_file() else b"-"))
+    return h.hexdigest()
+
+
 def build_report(cfg: dict[str, Any], out_dir: Path | None = None) -> dict[str, Path]:
     from ichkit import oof
     from ichkit.metrics import confusion
@@ -284,13 +298,22 @@ def build_report(cfg: dict[str, Any], out_dir: Path | None = None) -> dict[str, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <work>/report)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if no input changed")
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     from ichkit.oof import OOFError
 
+    work = Path(cfg["paths"]["work"])
+    out_dir = Path(args.out or work / "report")
+    digest_path, digest = out_dir / "inputs.sha256", inputs_digest(work)
+    if (out_dir / "report.html").is_file() and digest_path.is_file() and not args.force \
+            and digest_path.read_text().strip() == digest:
+        print(f"report: {out_dir / 'report.html'} is up to date (--force to rebuild)")
+        return 0
     try:
-        paths = build_report(cfg, args.out)
+        paths = build_report(cfg, out_dir)
+        write_text_atomic(digest_path, digest + "\n")
     except (OOFError, FileNotFoundError, ValueError) as exc:
         print(f"ichkit report: error: {exc}", file=sys.stderr)
         return 1
