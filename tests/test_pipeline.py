@@ -1,6 +1,10 @@
-"""The main job (`ichkit all`, what `bash run.sh` runs) end to end on a tiny phantom, and its re-run."""
+"""The main job (`ichkit all`, what `bash run.sh` runs) end to end on a tiny phantom, its re-run, and
+`ichkit predict` of the trained run on a bare folder of DICOMs."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -17,10 +21,11 @@ def test_all_makes_demo_data_and_runs_every_stage_then_skips_on_rerun(tmp_path, 
     work, folds = tmp_path / "work", tmp_path / "folds" / "folds.csv"
     common = ["--work", str(work), "--set", f"paths.input={tmp_path / 'input'}",
               "--set", f"demo.out={tmp_path / 'input' / 'demo'}", "--set", "demo.patients=8",
-              "--set", f"paths.folds={folds}", "--set", "folds.k=2"]
+              "--set", f"paths.folds={folds}", "--set", "folds.k=2",
+              "--set", f"paths.submissions={tmp_path / 'submissions'}"]
     assert main(["all", "--models", MODELS, *common]) == 0
     out = capsys.readouterr().out
-    for stage in ("demo-data", "prepare", "folds", "train", "evaluate"):
+    for stage in ("demo-data", "prepare", "folds", "train", "evaluate", "stack", "submit", "report"):
         assert f"ichkit {stage}" in out
     assert (tmp_path / "input" / "demo" / "demo.json").is_file()
     assert "2 quarantined" in out  # the phantom's two broken files, reported, not fatal
@@ -43,3 +48,41 @@ def test_all_makes_demo_data_and_runs_every_stage_then_skips_on_rerun(tmp_path, 
     out = capsys.readouterr().out
     assert "ichkit demo-data" not in out
     assert "0 prepared now" in out
+
+    # the submission: valid, one row per test image and label, and the files the summary names exist
+    from ichkit.outputs.submit import expected_row_ids, validate_rsna_submission
+
+    ensemble = json.loads((work / "stack" / "ensemble.json").read_text())
+    sidecar_path = next((tmp_path / "submissions").glob("*.json"))
+    sidecar = json.loads(sidecar_path.read_text())
+    rsna = pd.read_csv(sidecar["files"]["rsna"])
+    test_ids = table.loc[table["split"] == "test", "image_id"].tolist()
+    validate_rsna_submission(rsna, rsna["ID"].tolist())
+    assert sorted(rsna["ID"]) == sorted(expected_row_ids(test_ids))
+    assert sidecar["ensemble"]["winner"] == ensemble["winner"]
+    assert (work / "report" / "report.html").is_file() and (work / "report" / "report.md").is_file()
+    assert "report: " in out and "up to date" in out  # the re-run skipped the unchanged report
+    assert f"submission {sidecar['run_id']}: done already" in out
+    assert len(list((tmp_path / "submissions").glob("*.json"))) == 1  # same run id, no new files
+    for path in sidecar["files"].values():
+        assert str(path) in out  # the final summary names every file written
+
+    # predict: the trained run applied to a bare folder of the test DICOMs (one renamed without suffix,
+    # one broken) writes a valid submission equal to the competition one on the same images
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    sources = sorted((tmp_path / "input" / "demo" / "stage_2_test").glob("*.dcm"))[:6]
+    for i, src in enumerate(sources):
+        shutil.copy(src, bare / (src.stem if i == 0 else src.name))
+    (bare / "ID_broken.dcm").write_bytes(b"not a dicom file")
+    assert main(["predict", "--data", str(bare), "--models", str(work), "--out", str(tmp_path / "new"), *common]) == 0
+    out = capsys.readouterr().out
+    new_sidecar = json.loads(next((tmp_path / "new").glob("*.json")).read_text())
+    new = pd.read_csv(new_sidecar["files"]["rsna"])
+    ids = [s.stem for s in sources] + ["ID_broken"]
+    validate_rsna_submission(new, expected_row_ids(ids))
+    assert [f["image_id"] for f in new_sidecar["fallback"]["images"]] == ["ID_broken"]
+    same = rsna.set_index("ID")["Label"].reindex(new["ID"]).dropna()
+    assert len(same) == 6 * len(sources)
+    assert (new.set_index("ID")["Label"].loc[same.index] - same).abs().max() < 1e-6
+    assert "predict-bare" in new_sidecar["run_id"]
