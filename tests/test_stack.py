@@ -195,3 +195,18 @@ def test_planted_patient_leak_is_not_rewarded_by_the_grouped_folds(tmp_path):
     # the stage itself uses the grouped folds: its OOF score with the leak is the honest one
     ens = run_stack(w["cfg"], ["model0", "leak"], progress=False)
     assert ens["candidates"]["stack"]["rsna_logloss"] == pytest.approx(with_leak, abs=1e-9)
+
+
+def test_optuna_tunes_the_stacker_and_stack_then_uses_the_tuned_params(tmp_path, capsys):
+    import json
+
+    from ichkit.outputs.ensemble import run_stack, tune_stack
+
+    w = make_work(tmp_path, n_patients=12)
+    path = tune_stack(w["cfg"], n_trials=2)
+    saved = json.loads(path.read_text())
+    assert saved["model"] == "stack_lgbm" and saved["n_trials"] == 2 and np.isfinite(saved["rsna_logloss"])
+    ens = run_stack(w["cfg"], progress=False)
+    assert f"tuned {path}" in capsys.readouterr().out
+    for key, value in saved["params"].items():
+        assert ens["stack_params"][key] == value

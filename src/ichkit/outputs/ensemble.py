@@ -23,6 +23,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -114,26 +115,83 @@ def candidate_scores(oof_frames: dict[str, pd.DataFrame], stack_oof: pd.DataFram
             "winner": winner, "gain": gain}
 
 
+@dataclass
+class StackData:
+    """Everything the stacker's folds share: the table, folds, first-level models, features and labels."""
+
+    cfg: dict[str, Any]
+    work: Path
+    slices: pd.DataFrame
+    folds: pd.DataFrame
+    names: list[str]
+    seed: int
+    features: Any = None               # models.stack.StackFeatures (built when a stacker is fitted)
+    labels: pd.DataFrame | None = None  # index image_id: y7, RSNA_LABELS of the training images
+
+    @classmethod
+    def load(cls, cfg: dict[str, Any], models: list[str] | str = "all", with_features: bool = True) -> "StackData":
+        from ichkit.folds import folds_path, read_folds
+        from ichkit.models.stack import first_level_models
+        from ichkit.table import read_table
+
+        work = Path(cfg["paths"]["work"])
+        stack_cfg = cfg["stack"]
+        slices = read_table(work).slices
+        folds = read_folds(folds_path(cfg), slices)
+        names = first_level_models(work, models if models != "all" else stack_cfg["models"])
+        seed = int(stack_cfg["seed"] if stack_cfg["seed"] is not None else cfg["train"]["seed"])
+        data = cls(cfg=cfg, work=work, slices=slices, folds=folds, names=names, seed=seed)
+        return data.with_features() if with_features else data
+
+    def with_features(self) -> "StackData":
+        """Build the stacker's features and the training labels (once)."""
+        from ichkit import oof
+        from ichkit.labels import RSNA_LABELS
+        from ichkit.models.stack import StackFeatures
+
+        if self.features is None:
+            self.features = StackFeatures.build(self.work, self.names, self.slices, list(self.cfg["stack"]["neighbours"]))
+            y7, y6 = oof.truth_for(self.folds, self.slices, what="training images of folds.csv")
+            self.labels = pd.DataFrame({"y7": y7}, index=pd.Index(self.folds["image_id"].astype(str), name="image_id"))
+            self.labels[list(RSNA_LABELS)] = y6
+        return self
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(int(f) for f in self.folds["fold"].unique())
+
+    @property
+    def test_ids(self) -> list[str]:
+        return [i for i in self.features.X.index if i not in self.labels.index]
+
+    def fit_fold(self, params: dict[str, Any], k: int, progress: bool = False):
+        """(fitted StackTrainer, held-out ids) of fold k: fitted on the other folds' OOF rows only."""
+        from ichkit.engine.trainer import FoldContext
+        from ichkit.models.stack import STACK_MODEL, StackTrainer
+
+        held = self.folds["fold"] == k
+        train_ids = self.folds.loc[~held, "image_id"].astype(str).tolist()
+        ctx = FoldContext(cfg=self.cfg, work=self.work, model=STACK_MODEL, fold=k, seed=self.seed, task="7class",
+                          slices=self.slices, labels=self.labels.loc[train_ids], progress=progress)
+        trainer = StackTrainer(params, ctx, self.features)
+        trainer.fit(train_ids, [], self.work / "models" / STACK_MODEL / f"fold{k}", resume=False)
+        return trainer, self.folds.loc[held, "image_id"].astype(str).tolist()
+
+
 def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool = False,
               progress: bool = True) -> dict[str, Any]:
     """Fit the stacker on every fold, compare, write and return ensemble.json's content."""
     from ichkit import oof
-    from ichkit.engine.trainer import FoldContext
-    from ichkit.folds import folds_path, read_folds
-    from ichkit.labels import RSNA_LABELS
-    from ichkit.models.stack import SPEC, STACK_MODEL, StackFeatures, StackTrainer, first_level_models
-    from ichkit.table import read_table
+    from ichkit.folds import folds_path
+    from ichkit.models.stack import SPEC, STACK_MODEL
     from ichkit.train import resolve_params
 
-    work = Path(cfg["paths"]["work"])
     stack_cfg = cfg["stack"]
-    slices = read_table(work).slices
-    folds = read_folds(folds_path(cfg), slices)
-    names = first_level_models(work, models if models != "all" else stack_cfg["models"])
-    seed = int(stack_cfg["seed"] if stack_cfg["seed"] is not None else cfg["train"]["seed"])
-    params, source = resolve_params(SPEC, cfg, use_tuned=bool(cfg["train"]["use_tuned"]))
+    use_tuned = bool(cfg["train"]["use_tuned"])
+    params, source = resolve_params(SPEC, cfg, use_tuned=use_tuned)
     select_by = str(stack_cfg["select_by"])
-    offsets = list(stack_cfg["neighbours"])
+    data = StackData.load(cfg, models, with_features=False)
+    work, slices, folds, names, seed = data.work, data.slices, data.folds, data.names, data.seed
 
     oof_frames = {m: oof.read_oof(work, m) for m in names}
     use_stacker = len(names) >= int(stack_cfg["min_models"])
@@ -142,36 +200,25 @@ def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool 
     model_dir = work / "models" / STACK_MODEL
     if use_stacker:
         print(f"stack: {len(names)} first-level models ({', '.join(names)}); params from {source}")
-        features = StackFeatures.build(work, names, slices, offsets)
-        print(f"stack: {features.X.shape[1]} features per slice (models, their mean, context at offsets "
-              f"+-{offsets} and series max/mean)")
-        y7, y6 = oof.truth_for(folds, slices, what="training images of folds.csv")
-        labels = pd.DataFrame({"y7": y7}, index=pd.Index(folds["image_id"].astype(str), name="image_id"))
-        labels[list(RSNA_LABELS)] = y6
-        test_ids = [i for i in features.X.index if i not in labels.index]
+        data.with_features()
+        print(f"stack: {data.features.X.shape[1]} features per slice (models, their mean, context at offsets "
+              f"+-{list(stack_cfg['neighbours'])} and series max/mean)")
         fp_path = model_dir / "fingerprint.json"
         recorded = json.loads(fp_path.read_text()).get("fingerprint") if fp_path.is_file() else None
         stale = recorded != fingerprint
         if stale and recorded is not None:
             print("stack: the first-level predictions, folds or settings changed since the last fit; refitting every fold")
-        fold_ids = sorted(int(f) for f in folds["fold"].unique())
-        for k in fold_ids:
+        test_ids = data.test_ids
+        for k in data.fold_ids:
             if oof.fold_done(work, STACK_MODEL, k) and not (force or stale):
                 print(f"{STACK_MODEL} fold {k}: done already (--force to refit)")
                 continue
             t0 = time.perf_counter()
-            held = folds["fold"] == k
-            train_ids = folds.loc[~held, "image_id"].astype(str).tolist()
-            held_ids = folds.loc[held, "image_id"].astype(str).tolist()
-            ctx = FoldContext(cfg=cfg, work=work, model=STACK_MODEL, fold=k, seed=seed, task="7class",
-                              slices=slices, labels=labels.loc[train_ids], progress=progress)
-            trainer = StackTrainer(params, ctx, features)
-            fold_dir = model_dir / f"fold{k}"
-            trainer.fit(train_ids, [], fold_dir, resume=False)
-            trainer.save(fold_dir)
+            trainer, held_ids = data.fit_fold(params, k, progress)
+            trainer.save(model_dir / f"fold{k}")
             oof.write_fold(work, STACK_MODEL, k, trainer.predict(held_ids), trainer.predict(test_ids))
-            print(f"{STACK_MODEL} fold {k}: fitted on {len(train_ids)} slices, predicted {len(held_ids)} held-out "
-                  f"+ {len(test_ids)} test ({time.perf_counter() - t0:.1f} s)")
+            print(f"{STACK_MODEL} fold {k}: fitted on {len(folds) - len(held_ids)} slices, predicted "
+                  f"{len(held_ids)} held-out + {len(test_ids)} test ({time.perf_counter() - t0:.1f} s)")
         stack_oof, _ = oof.merge(work, STACK_MODEL, folds)
         write_text_atomic(fp_path, json.dumps({"fingerprint": fingerprint, "models": names}, indent=2) + "\n")
     else:
@@ -206,6 +253,48 @@ def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool 
     return ensemble
 
 
+def tune_stack(cfg: dict[str, Any], n_trials: int, models: list[str] | str = "all", storage: str | None = None,
+               seed: int | None = None) -> Path:
+    """Optuna search of the stacker's parameters on its fold-CV RSNA log loss (pruned fold by fold), in
+    the same study storage as `ichkit tune`; the best parameters go to ``<work>/params/stack_lgbm.json``,
+    which the next `ichkit stack` uses (its inputs fingerprint then changes, so every fold is refitted)."""
+    import optuna
+
+    from ichkit.labels import RSNA_LABELS
+    from ichkit.metrics import rsna_log_loss
+    from ichkit.models.stack import SPEC, STACK_MODEL
+    from ichkit.oof import RSNA_COLUMNS
+    from ichkit.train import resolve_params
+    from ichkit.tune import open_storage, open_study, storage_url, write_best_params
+
+    data = StackData.load(cfg, models)
+    base, _ = resolve_params(SPEC, cfg, use_tuned=False)
+    tune_cfg = cfg["tune"]
+    sampler_seed = int(seed if seed is not None else tune_cfg["seed"] if tune_cfg["seed"] is not None else data.seed)
+
+    def objective(trial: optuna.Trial) -> float:
+        suggested = SPEC.suggest(trial)
+        trial.set_user_attr("suggested", suggested)
+        losses = []
+        for step, k in enumerate(data.fold_ids):
+            trainer, held_ids = data.fit_fold(SPEC.params(base, suggested), k)
+            pred = trainer.predict(held_ids)
+            losses.append(rsna_log_loss(data.labels.loc[held_ids, list(RSNA_LABELS)].to_numpy(),
+                                        pred[list(RSNA_COLUMNS)].to_numpy()))
+            trial.report(float(np.mean(losses)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(np.mean(losses))
+
+    url = storage_url(cfg, storage)
+    study = open_study(STACK_MODEL, open_storage(url), sampler_seed, int(tune_cfg["startup_trials"]),
+                       int(tune_cfg["warmup_folds"]))
+    study.optimize(objective, n_trials=n_trials)
+    path = write_best_params(data.work, STACK_MODEL, study, url)
+    print(f"stack: tuned {n_trials} trials; best fold-CV RSNA log loss {study.best_value:.4f} -> {path}")
+    return path
+
+
 def format_comparison(ensemble: dict[str, Any]) -> str:
     key = ensemble["select_by"]
     lines = [f"out-of-fold {key} of the candidates (same {len(ensemble['folds'])} patient-grouped folds):"]
@@ -226,6 +315,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="all",
                         help="first-level models (comma list; default stack.models: every merged OOF file)")
     parser.add_argument("--force", action="store_true", help="refit the stacker's folds even if they are done")
+    parser.add_argument("--trials", type=int, default=0,
+                        help="first run this many Optuna trials on the stacker's fold-CV RSNA log loss "
+                             "(study in tune.storage; best params -> <work>/params/stack_lgbm.json)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL for --trials (default: tune.storage)")
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
@@ -235,6 +328,8 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
     models = "all" if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     try:
+        if args.trials:
+            tune_stack(cfg, args.trials, models, args.storage)
         run_stack(cfg, models, force=args.force)
     except (StackError, OOFError, FoldsError, FileNotFoundError, ValueError) as exc:
         print(f"ichkit stack: error: {exc}", file=sys.stderr)
