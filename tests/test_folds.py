@@ -247,6 +247,9 @@ def test_stage_writes_csv_sidecar_and_prints_counts(tmp_path, capsys):
     assert f"{len(written)} images of {meta['n_patients']} patients in 4 folds (seed 5)" in printed
     assert "total" in printed and "subdural" in printed
 
-    # a --k larger than the patient count is an error message and exit code, not a traceback
-    assert folds_mod.run(parser.parse_args(["--k", "99"]), cfg) == 1
-    assert "fewer than k=99" in capsys.readouterr().err
+    # a --k larger than the patient count is an error message and exit code (cli.main), not a traceback
+    from ichkit.cli import main
+
+    assert main(["folds", "--k", "99", "--set", f"paths.work={work}", "--set", f"paths.folds={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "ichkit folds: error:" in err and "fewer than k=99" in err

@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 
 from ichkit import evaluate, oof, train
+from ichkit.engine.driver import fold_dir_of
 from ichkit.features import ensure_features
 from ichkit.labels import CLASS7_INDEX, RSNA_LABELS
-from ichkit.train import balanced_resample, fit_balanced, load_fold_model, model_path
+from ichkit.models.classical import MODEL_FILE, balanced_resample, fit_balanced
+from ichkit.models import ModelError
+from ichkit.train import TrainError
 from synthetic_ct import config_for, make_work
 
 K = 3
@@ -34,6 +37,16 @@ def work(base_work: Path, tmp_path: Path) -> tuple[Path, dict]:
     dst = tmp_path / "work"
     shutil.copytree(base_work, dst)
     return dst, config_for(dst, dst / "folds.csv")
+
+
+def model_path(work: Path, model: str, fold: int) -> Path:
+    return fold_dir_of(work, model, fold) / MODEL_FILE
+
+
+def load_fold_model(work: Path, model: str, fold: int):
+    import joblib
+
+    return joblib.load(model_path(work, model, fold))
 
 
 def run_stage(module, argv: list[str], cfg: dict) -> int:
@@ -112,8 +125,8 @@ def test_tuned_params_are_used_unless_disabled(work, capsys):
     assert load_fold_model(wdir, "logreg_radiomic", 0).params["C"] == 1.0
 
     params_file.write_text("{not json")
-    assert run_stage(train, ["--model", "logreg_radiomic", "--fold", "0", "--force"], cfg) == 1
-    assert str(params_file) in capsys.readouterr().err
+    with pytest.raises(ValueError, match=str(params_file)):
+        run_stage(train, ["--model", "logreg_radiomic", "--fold", "0", "--force"], cfg)
 
 
 def test_binary_rsna_heads(work):
@@ -139,12 +152,12 @@ def test_prior_correction_calibrates_the_rsna_columns(work):
     np.testing.assert_allclose(part["rsna_any"], 1.0 - corrected[:, CLASS7_INDEX["normal"]], atol=1e-9)
 
 
-def test_bad_requests_fail_with_a_message(work, capsys):
+def test_bad_requests_fail_with_a_message(work):
     _, cfg = work
-    assert run_stage(train, ["--model", "no_such_model"], cfg) == 1
-    assert "lgbm_radiomic" in capsys.readouterr().err
-    assert run_stage(train, ["--model", "logreg_radiomic", "--fold", "7"], cfg) == 1
-    assert "folds [7] do not exist" in capsys.readouterr().err
+    with pytest.raises(ModelError, match="lgbm_radiomic"):
+        run_stage(train, ["--model", "no_such_model"], cfg)
+    with pytest.raises(TrainError, match=r"folds \[7\] do not exist"):
+        run_stage(train, ["--model", "logreg_radiomic", "--fold", "7"], cfg)
 
 
 def test_balanced_resample_equalises_classes():
@@ -187,5 +200,5 @@ def test_evaluate_ranks_models_and_radiomic_lgbm_beats_pixel_logreg(work, capsys
 
     assert run_stage(evaluate, ["--sort", "rsna_logloss"], cfg) == 0
     assert pd.read_csv(wdir / "evaluation.csv", index_col="model")["rsna_logloss"].is_monotonic_increasing
-    assert run_stage(evaluate, ["--models", "xgb_radiomic"], cfg) == 1
-    assert "xgb_radiomic" in capsys.readouterr().err
+    with pytest.raises(oof.OOFError, match="xgb_radiomic"):
+        run_stage(evaluate, ["--models", "xgb_radiomic"], cfg)

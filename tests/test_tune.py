@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from ichkit.features import ensure_features
-from ichkit.train import load_fold_model, train_models
+from ichkit.train import load_fold_trainer, train_models
 from ichkit.tune import redact, storage_url, tune_model
 from synthetic_ct import config_for, make_work
 
@@ -48,7 +48,7 @@ def test_tuning_resumes_the_study_and_train_uses_the_best_params(work, capsys):
     assert saved["trial"] == best.number and saved["rsna_logloss"] == pytest.approx(best.value)
     assert saved["params"] == best.params  # only the searched params, so config overrides still apply
     train_models([MODEL], cfg, folds=[0], progress=False)
-    fitted = load_fold_model(wdir, MODEL, 0)
+    fitted = load_fold_trainer(cfg, MODEL, 0).model
     assert {k: fitted.params[k] for k in saved["params"]} == saved["params"]
 
 
@@ -57,6 +57,11 @@ def test_trials_are_pruned_on_the_fold_reports(work):
     cfg["tune"]["startup_trials"] = 1
     cfg["tune"]["warmup_folds"] = 0
     study, _ = tune_model(MODEL, cfg, n_trials=8, progress=False)
+    states = [t.state for t in study.trials]
+    # the pruner must actually stop trials on their first fold's report (a broken report never prunes)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and states.count(optuna.trial.TrialState.COMPLETE) >= 1
+    assert all(set(t.intermediate_values) == {0} for t in pruned)
     for t in study.trials:
         assert set(t.intermediate_values) <= {0, 1}  # one report per fold (k = 2)
         if t.state == optuna.trial.TrialState.COMPLETE:
@@ -139,7 +144,9 @@ def test_bad_requests_and_redaction(work, capsys):
 
     with pytest.raises(TuneError, match="at least 1"):
         tune_model(MODEL, cfg, n_trials=0, progress=False)
-    with pytest.raises(TuneError, match="lgbm_radiomic"):
+    from ichkit.models import ModelError
+
+    with pytest.raises(ModelError, match="lgbm_radiomic"):
         tune_model("no_such_model", cfg, n_trials=1, progress=False)
     assert redact("postgresql://ich:secret@db.example/optuna") == "postgresql://ich:***@db.example/optuna"
     assert storage_url(cfg, "postgresql://u:p@h/db") == "postgresql://u:p@h/db"

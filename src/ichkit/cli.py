@@ -1,7 +1,9 @@
 """`python -m ichkit STAGE [options]`: one entry point for every pipeline stage.
 
 Each stage module exposes ``add_arguments(parser)`` and ``run(args, cfg) -> int``; heavy libraries are
-imported inside ``run`` so that ``--help`` stays fast.
+imported inside ``run`` so that ``--help`` stays fast. Stages raise the project's errors
+(`ichkit.errors.IchkitError` and its subclasses) instead of catching them; `main` is the one place that
+turns them, and a missing input file, into ``ichkit STAGE: error: ...`` on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ichkit.config import load_config
+from ichkit.errors import IchkitError
 
 # stage name -> (module, one-line help). The order is the pipeline's order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -70,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is not None:
         cfg["paths"]["work"] = str(args.work)
     module = importlib.import_module(STAGES[args.stage][0])
-    return int(module.run(args, cfg) or 0)
+    try:
+        return int(module.run(args, cfg) or 0)
+    except (IchkitError, FileNotFoundError) as exc:
+        print(f"ichkit {args.stage}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

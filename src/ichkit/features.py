@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ichkit.files import atomic_path, write_text_atomic
+from ichkit.errors import IchkitError
 
 # Bump when the definition of any feature changes: cached files computed by older code are then redone.
 FEATURE_VERSION = 2
@@ -40,7 +41,7 @@ FEATURE_SETS: tuple[str, ...] = ("pixels", "radiomic")
 PIXEL_PREFIX = "px_"
 
 
-class FeatureError(ValueError):
+class FeatureError(IchkitError):
     """A cached image or feature file that cannot be used; the message names the file and the problem."""
 
 

@@ -12,10 +12,13 @@ from pathlib import Path
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds it is renamed onto `path` (atomic on
-    one file system), when it fails it is removed. The parent folder is created if needed."""
+    one file system), when it fails it is removed. The parent folder is created if needed.
+
+    The temporary name keeps the file's own suffix (``model.tmp123.keras`` for ``model.keras``): writers
+    such as Keras 3 refuse a path whose suffix is not theirs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

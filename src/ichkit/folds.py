@@ -24,11 +24,12 @@ import pandas as pd
 
 from ichkit.files import write_text_atomic
 from ichkit.labels import CLASSES7
+from ichkit.errors import IchkitError
 
 FOLD_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "fold")
 
 
-class FoldsError(ValueError):
+class FoldsError(IchkitError):
     """A folds file or a fold request that cannot be used; the message says what to do."""
 
 
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def folds_path(cfg: dict) -> Path:
     """Where the folds file lives: `paths.folds` (relative paths are relative to the current directory)."""
-    return Path(cfg["paths"].get("folds") or "folds/folds.csv")
+    return Path(cfg["paths"]["folds"])
 
 
 def sidecar_path(path: Path) -> Path:
@@ -273,19 +274,15 @@ def read_folds(path: Path, slices: pd.DataFrame | None = None) -> pd.DataFrame:
 def run(args: argparse.Namespace, cfg: dict) -> int:
     from ichkit.table import read_table
 
-    section = cfg.get("folds", {})
-    k = int(args.k if args.k is not None else section.get("k", 5))
-    seed = int(args.seed if args.seed is not None else section.get("seed", 42))
+    section = cfg["folds"]
+    k = int(args.k if args.k is not None else section["k"])
+    seed = int(args.seed if args.seed is not None else section["seed"])
     work = Path(cfg["paths"]["work"])
     out = folds_path(cfg)
-    try:
-        dataset = read_table(work)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            folds = make_folds(dataset.slices, k, seed)
-    except (FoldsError, FileNotFoundError) as exc:
-        print(f"ichkit folds: error: {exc}", file=sys.stderr)
-        return 1
+    dataset = read_table(work)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        folds = make_folds(dataset.slices, k, seed)
     for w in caught:
         print(f"ichkit folds: warning: {w.message}", file=sys.stderr)
 

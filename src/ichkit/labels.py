@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ichkit.errors import IchkitError
 
 # The five subtypes in the order RSNA lists them in its label and sample-submission files.
 SUBTYPES: tuple[str, ...] = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
@@ -27,7 +28,7 @@ CLASSES7: tuple[str, ...] = (
 CLASS7_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES7)}
 
 
-class LabelFileError(ValueError):
+class LabelFileError(IchkitError):
     """A label CSV that cannot be trusted: names the file and line."""
 
     def __init__(self, path: Path | str, line: int | None, problem: str):

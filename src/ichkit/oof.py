@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ichkit.files import atomic_path, write_text_atomic
-from ichkit.labels import CLASS7_INDEX, CLASSES7, RSNA_LABELS, SUBTYPES
+from ichkit.labels import CLASSES7, RSNA_LABELS
+from ichkit.errors import IchkitError
 
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{c}" for c in CLASSES7)
 RSNA_COLUMNS: tuple[str, ...] = tuple(f"rsna_{label}" for label in RSNA_LABELS)
@@ -34,14 +35,11 @@ OOF_COLUMNS: tuple[str, ...] = ("image_id", "fold") + PROB_COLUMNS + RSNA_COLUMN
 PROB_SUM_TOLERANCE = 1e-4
 # fold value of merged test rows (they average every fold's model)
 MERGED_TEST_FOLD = -1
-# Prior for P(subtype | multi): a multi slice has at least two of the five subtypes, so with nothing
-# else known each subtype is present with probability 2/5.
-MULTI_SHARE_PRIOR = 2 / len(SUBTYPES)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-class OOFError(ValueError):
+class OOFError(IchkitError):
     """A prediction frame or file that breaks the contract; the message names it and the problem."""
 
 
@@ -161,10 +159,13 @@ def write_fold(work: Path | str, model: str, fold: int, oof: pd.DataFrame, test:
     _write_parquet_atomic(oof, oof_path)
 
 
-def merge(work: Path | str, model: str, folds: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def merge(work: Path | str, model: str, folds: pd.DataFrame,
+          meta: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge `model`'s fold parts into its OOF and test files; return (oof, test).
 
-    `folds` is folds.csv as read by `ichkit.folds.read_folds`. Checks that every fold's parts exist, that
+    `folds` is folds.csv as read by `ichkit.folds.read_folds` (restricted to the images the task predicts);
+    `meta` (the driver passes the task and ``folds_digest``) goes into the merged OOF's sidecar
+    ``<work>/oof/<model>.json``, which `check_current` compares with the folds file in use. Checks that every fold's parts exist, that
     the OOF parts cover every training image exactly once, each in the fold folds.csv gives it, and that
     every fold predicted the same test images.
     """
@@ -217,7 +218,34 @@ def merge(work: Path | str, model: str, folds: pd.DataFrame) -> tuple[pd.DataFra
     note = {"model": model, "folds": fold_ids, "n_images": int(len(test)), "fold_value": MERGED_TEST_FOLD,
             "how": "mean over folds of the test parts"}
     write_text_atomic(test_path.with_suffix(".json"), json.dumps(note, indent=2) + "\n")
+    oof_note = {"model": model, "folds": fold_ids, "n_images": int(len(oof)), **(meta or {})}
+    write_text_atomic(oof_path.with_suffix(".json"), json.dumps(oof_note, indent=2) + "\n")
     return oof, test
+
+
+def merged_meta(work: Path | str, model: str) -> dict:
+    """The merged OOF's sidecar (task, folds digest, ...); {} when absent or unreadable."""
+    path = merged_paths(work, model)[0].with_suffix(".json")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def check_current(work: Path | str, model: str, folds_file: Path | str) -> dict:
+    """Refuse a merged OOF made with other folds than `folds_file` (the stale-OOF guard of evaluate and
+    the stacker); return its sidecar."""
+    from ichkit.engine.fingerprint import file_digest
+
+    meta = merged_meta(work, model)
+    made_with = meta.get("folds_digest")
+    current = file_digest(folds_file)
+    if made_with != current:
+        why = "records no folds file" if made_with is None else f"was made with other folds ({made_with})"
+        raise OOFError(f"merged OOF of {model} {why} than the current {folds_file} ({current}): it is stale; "
+                       f"retrain it (`ichkit train --model {model}`) before scoring or stacking it")
+    return meta
 
 
 def _mean_over_folds(parts: list[pd.DataFrame], fold_ids: list[int], model: str) -> pd.DataFrame:
@@ -257,48 +285,6 @@ def list_models(work: Path | str) -> list[str]:
     """Models with a merged OOF file, sorted by name."""
     root = Path(work) / "oof"
     return sorted(p.stem for p in root.glob("*.parquet") if p.is_file()) if root.is_dir() else []
-
-
-def multi_share_from_labels(labels: pd.DataFrame, prior_weight: float = 1.0) -> np.ndarray:
-    """P(subtype present | multi slice) for the 5 SUBTYPES, estimated from labelled (training-fold) rows.
-
-    `labels` needs the SUBTYPES columns (0/1). The estimate is smoothed toward MULTI_SHARE_PRIOR (2/5) with
-    `prior_weight` pseudo-slices, so a fold with few multi slices gets no hard 0 or 1 (a hard 0 turns into
-    a 34.5 log-loss penalty whenever that subtype does show up) and a fold with none gets the prior itself.
-    """
-    missing = [s for s in SUBTYPES if s not in labels.columns]
-    if missing:
-        raise OOFError(f"labels lack subtype columns {missing}")
-    sub = labels[list(SUBTYPES)]
-    if sub.isna().any().any():
-        raise OOFError(f"labels have {int(sub.isna().any(axis=1).sum())} rows without subtype labels "
-                       "(test rows?): pass labelled training rows only")
-    sub = sub.to_numpy(dtype=np.float64)
-    multi = sub[sub.sum(axis=1) >= 2]
-    if len(multi) == 0 and prior_weight <= 0:
-        return np.full(len(SUBTYPES), MULTI_SHARE_PRIOR)
-    return (multi.sum(axis=0) + prior_weight * MULTI_SHARE_PRIOR) / (len(multi) + prior_weight)
-
-
-def rsna_from_class7(p7: np.ndarray, multi_share: np.ndarray) -> np.ndarray:
-    """Map 7-class probabilities to the 6 RSNA label probabilities (RSNA_LABELS order).
-
-    any = 1 - p(normal); subtype s = p(s) + p(multi) * multi_share[s], multi_share in SUBTYPES order
-    (from `multi_share_from_labels` on the training fold). This is exact when the subtype mix of a multi
-    slice does not depend on the image beyond being multi. Since multi_share <= 1, every subtype is at
-    most p(s) + p(multi) <= any; the result is clipped to [0, 1] and subtypes to <= any against rounding.
-    """
-    p7 = np.asarray(p7, dtype=np.float64)
-    share = np.asarray(multi_share, dtype=np.float64)
-    if p7.ndim != 2 or p7.shape[1] != len(CLASSES7):
-        raise ValueError(f"p7 must have shape (n, {len(CLASSES7)}), got {p7.shape}")
-    if share.shape != (len(SUBTYPES),) or not np.isfinite(share).all() or (share < 0).any() or (share > 1).any():
-        raise ValueError(f"multi_share must be {len(SUBTYPES)} values in [0, 1] (SUBTYPES order), got {share}")
-    subtype_cols = [CLASS7_INDEX[s] for s in SUBTYPES]
-    any_ = np.clip(1.0 - p7[:, CLASS7_INDEX["normal"]], 0.0, 1.0)
-    subtypes = p7[:, subtype_cols] + p7[:, [CLASS7_INDEX["multi"]]] * share[None, :]
-    subtypes = np.minimum(np.clip(subtypes, 0.0, 1.0), any_[:, None])
-    return np.column_stack([any_, subtypes])
 
 
 def truth_for(frame: pd.DataFrame, slices: pd.DataFrame, what: str = "predicted images",

@@ -33,6 +33,7 @@ import numpy as np
 from ichkit.cache import KINDS, ImageCache
 from ichkit.files import atomic_path
 from ichkit.slicedata import BadInput
+from ichkit.errors import IchkitError
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so that `ichkit --help` stays fast
     import pandas as pd
@@ -65,7 +66,7 @@ SEG_CACHE_CHOICES = ("all", "masked_and_test", "none")
 CACHE_FORMAT = 1
 
 
-class PrepareError(ValueError):
+class PrepareError(IchkitError):
     """A condition that stops `prepare` before it touches anything (wrong work folder, changed settings)."""
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from ichkit.files import write_text_atomic
+from ichkit.errors import IchkitError
 
 # SQLite serialises writers with a file lock; concurrent workers wait this long for it instead of failing
 SQLITE_LOCK_TIMEOUT_S = 120
 
 
-class TuneError(ValueError):
+class TuneError(IchkitError):
     """A tuning request that cannot run; the message says what to do."""
 
 
@@ -86,23 +86,24 @@ def open_study(name: str, storage, seed: int, startup_trials: int = 5, warmup_fo
     )
 
 
-def make_objective(spec, cfg: dict[str, Any], data, base_params: dict[str, Any]):
-    """Objective: mean over folds of the held-out RSNA log loss, reported fold by fold for pruning."""
+def make_objective(spec, plan, base_params: dict[str, Any]):
+    """Objective: mean over folds of the held-out RSNA log loss, reported fold by fold for pruning.
+
+    Each fold runs through the fold driver's unit (`ichkit.engine.driver.evaluate_params`), exactly as
+    `ichkit train` fits it (inner validation split, imbalance handling, RSNA head)."""
     import optuna
 
-    from ichkit.train import run_fold
-
-    train_cfg = cfg.get("train", {})
+    from ichkit.engine.driver import evaluate_params
 
     def objective(trial: optuna.Trial) -> float:
         suggested = spec.suggest(trial)
         trial.set_user_attr("suggested", suggested)
         params = spec.params(base_params, suggested)
         losses, balanced = [], []
-        for step, fold in enumerate(data.fold_ids):
-            result = run_fold(spec, params, data, fold, train_cfg, predict_test=False)
-            losses.append(result.scores["rsna_logloss"])
-            balanced.append(result.scores["balanced_accuracy"])
+        for step, fold in enumerate(plan.fold_ids):
+            scores = evaluate_params(spec, params, plan, fold)
+            losses.append(scores["rsna_logloss"])
+            balanced.append(scores["balanced_accuracy"])
             trial.report(float(np.mean(losses)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"fold {fold}: mean RSNA log loss {np.mean(losses):.4f} above the median")
@@ -115,7 +116,7 @@ def make_objective(spec, cfg: dict[str, Any], data, base_params: dict[str, Any])
 
 def write_best_params(work: Path | str, model: str, study, storage: str) -> Path:
     """Save the best finished trial's suggested parameters where `ichkit train` looks for them."""
-    from ichkit.train import params_path
+    from ichkit.engine.params import params_path
 
     best = study.best_trial
     path = params_path(work, model)
@@ -135,39 +136,39 @@ def write_best_params(work: Path | str, model: str, study, storage: str) -> Path
 
 
 def tune_model(model: str, cfg: dict[str, Any], n_trials: int, storage: str | None = None,
-               study_name: str | None = None, seed: int | None = None, progress: bool = True):
+               study_name: str | None = None, seed: int | None = None, progress: bool = True,
+               task: str | None = None):
     """Run `n_trials` more trials of `model`'s study; save and return (study, params file)."""
     import optuna
     from tqdm import tqdm
 
+    from ichkit.engine.driver import _setup, make_plan
+    from ichkit.engine.params import resolve_params
     from ichkit.models import get_model_spec
-    from ichkit.train import load_train_data, resolve_params
 
     if n_trials < 1:
         raise TuneError(f"--trials must be at least 1, got {n_trials}")
-    try:
-        spec = get_model_spec(model)
-    except ValueError as exc:
-        raise TuneError(str(exc)) from None
-    if spec.family != "classical":
-        raise TuneError(f"model {model} is a {spec.family} model; this stage tunes classical models")
-    tune_cfg = cfg.get("tune", {})
+    spec = get_model_spec(model)
+    if spec.suggest is None:
+        raise TuneError(f"model {model} has no search space (its ModelSpec.suggest is not set)")
+    tune_cfg = cfg["tune"]
     if seed is None:
-        seed = tune_cfg.get("seed")
+        seed = tune_cfg["seed"]
     if seed is None:
-        seed = int(cfg.get("train", {}).get("seed", 42))
+        seed = int(cfg["train"]["seed"])
     url = storage_url(cfg, storage)
     work = Path(cfg["paths"]["work"])
-    data = load_train_data(cfg, spec.features, progress=progress)
+    plan = make_plan(cfg, task)
+    _setup([spec], plan, progress)
     # tuning starts from the defaults and config overrides, never from an earlier tuning result
     base_params, _ = resolve_params(spec, cfg, use_tuned=False)
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial below instead of Optuna's log
     try:
         study = open_study(study_name or model, open_storage(url), int(seed),
-                           int(tune_cfg.get("startup_trials", 5)), int(tune_cfg.get("warmup_folds", 1)))
+                           int(tune_cfg["startup_trials"]), int(tune_cfg["warmup_folds"]))
         print(f"study {study.study_name} in {redact(url)}: {len(study.trials)} trials so far; running {n_trials} "
-              f"more (sampler seed {seed}, {len(data.fold_ids)} folds, {len(data.X)} training images)")
+              f"more (sampler seed {seed}, {len(plan.fold_ids)} folds, {len(plan.task_labels)} training images)")
         with tqdm(total=n_trials, desc=f"tune {model}", unit="trial", disable=not progress) as bar:
 
             def report(study_, trial) -> None:
@@ -179,7 +180,7 @@ def tune_model(model: str, cfg: dict[str, Any], n_trials: int, storage: str | No
                 tqdm.write(f"trial {trial.number}: {what}  {json.dumps(suggested)}")
                 bar.update()
 
-            study.optimize(make_objective(spec, cfg, data, base_params), n_trials=n_trials, callbacks=[report])
+            study.optimize(make_objective(spec, plan, base_params), n_trials=n_trials, callbacks=[report])
     finally:
         optuna.logging.set_verbosity(previous)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -202,16 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from ichkit.features import FeatureError
-    from ichkit.folds import FoldsError
-    from ichkit.train import TrainError
-
-    trials = args.trials if args.trials is not None else int(cfg.get("tune", {}).get("trials", 20))
+    trials = args.trials if args.trials is not None else int(cfg["tune"]["trials"])
     t0 = time.perf_counter()
-    try:
-        tune_model(args.model, cfg, trials, storage=args.storage, study_name=args.study, seed=args.seed)
-    except (TuneError, TrainError, FeatureError, FoldsError, FileNotFoundError) as exc:
-        print(f"ichkit tune: error: {exc}", file=sys.stderr)
-        return 1
+    tune_model(args.model, cfg, trials, storage=args.storage, study_name=args.study, seed=args.seed)
     print(f"tuning took {time.perf_counter() - t0:.1f} s")
     return 0

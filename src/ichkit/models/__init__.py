@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ichkit.errors import IchkitError
+
 # family -> module that registers its models on import
 FAMILY_MODULES: dict[str, str] = {"classical": "ichkit.models.classical", "cnn": "ichkit.models.cnn"}
 FAMILY_MODULES["stack"] = "ichkit.models.stack"  # the meta-learner on first-level OOF (ichkit stack)
@@ -24,20 +26,43 @@ FAMILY_MODULES["stack"] = "ichkit.models.stack"  # the meta-learner on first-lev
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named model: its family, the feature sets it reads, a factory and an Optuna search space.
+    """A named model: its family, what it reads, how the fold driver trains it, its Optuna search space.
 
-    build(params, seed) returns an unfitted scikit-learn estimator whose `predict_proba` gives one column
-    per class seen in fit; `params` is `defaults` updated with config / tuned values. suggest(trial)
-    returns a dict of the tunable params (the others keep their defaults).
+    - `trainer`: the family's `ichkit.engine.trainer.FoldTrainer` subclass; the driver builds one per
+      (model, fold) with `make_trainer(params, ctx)` = ``trainer(spec, params, ctx)`` and restores a fitted
+      one with ``trainer.load(fold_dir, ctx)``; its ``code_version`` enters the fold fingerprint.
+    - `defaults`: every parameter with its default; `params(...)` layers config / tuned values over them.
+    - `suggest(trial)`: the tunable params (the others keep their defaults).
+    - `build(params, seed)`: for the classical family, the unfitted scikit-learn estimator.
+    - `num_cpus` / `num_gpus`: one Ray task's resources (GPUs only asked for where the cluster has them).
+    - `config_keys`: dotted config keys (or sections) whose values change the outputs (e.g.
+      ``prepare.cls_size``); they enter the fold fingerprint.
+    - `setup(cfg, image_ids, feature_sets, progress)`: optional, run once on the driver before any unit
+      (the classical family computes the cached features there, with all cores and a progress bar).
     """
 
     name: str
     family: str
     features: tuple[str, ...]
-    build: Callable[[dict[str, Any], int], Any]
-    suggest: Callable[[Any], dict[str, Any]]
+    build: Callable[[dict[str, Any], int], Any] | None = None
+    suggest: Callable[[Any], dict[str, Any]] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    trainer: type | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    config_keys: tuple[str, ...] = ()
+    setup: Callable[..., None] | None = None
+
+    @property
+    def code_version(self) -> str:
+        return str(getattr(self.trainer, "code_version", "1"))
+
+    def make_trainer(self, params: dict[str, Any], ctx: Any):
+        """A fresh FoldTrainer of this model for one fold."""
+        if self.trainer is None:
+            raise ModelError(f"model {self.name}: its family registered no trainer")
+        return self.trainer(self, params, ctx)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -50,9 +75,17 @@ class ModelSpec:
                 continue
             unknown = sorted(set(over) - set(out))
             if unknown:
-                raise ValueError(f"model {self.name}: unknown params {unknown}; known: {sorted(out)}")
+                import difflib
+
+                hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, list(out), 1)) else repr(k)
+                         for k in unknown]
+                raise ModelError(f"model {self.name}: unknown params {', '.join(hints)}; known: {sorted(out)}")
             out.update(over)
         return out
+
+
+class ModelError(IchkitError):
+    """An unknown model or family, or a model registered twice."""
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -61,9 +94,9 @@ _LOADED: set[str] = set()
 
 def register(spec: ModelSpec) -> ModelSpec:
     if spec.family not in FAMILY_MODULES:
-        raise ValueError(f"model {spec.name}: unknown family {spec.family!r}; expected one of {sorted(FAMILY_MODULES)}")
+        raise ModelError(f"model {spec.name}: unknown family {spec.family!r}; expected one of {sorted(FAMILY_MODULES)}")
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
-        raise ValueError(f"model {spec.name} is registered twice")
+        raise ModelError(f"model {spec.name} is registered twice")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -82,12 +115,16 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+        import difflib
+
+        near = difflib.get_close_matches(name, list(_REGISTRY), 1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ModelError(f"unknown model {name!r}{hint}; registered: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def list_models(family: str | None = None) -> list[str]:
     """Registered model names (of one family if given), sorted."""
     _load_families()
     if family is not None and family not in FAMILY_MODULES:
-        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILY_MODULES)}")
+        raise ModelError(f"unknown family {family!r}; expected one of {sorted(FAMILY_MODULES)}")
     return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)

@@ -4,8 +4,15 @@ Every model is ``Pipeline([("features", ColumnTransformer), ("clf", estimator)])
 columns are the feature sets it names (`ichkit.features.load_features`). The ColumnTransformer picks the
 columns of each set by name: pixel columns (``px_*``) go through PCA fitted on the training folds only,
 radiomic columns through a StandardScaler for scale-sensitive models (linear, kernel, distance, QDA) and
-untouched for trees. The final step is always named ``clf``, so `train` can pass balanced sample weights
-as ``clf__sample_weight`` to every estimator that accepts them.
+untouched for trees. The final step is always named ``clf``, so balanced sample weights go in as
+``clf__sample_weight`` to every estimator that accepts them.
+
+`ClassicalTrainer` is the family's `FoldTrainer` for the fold driver (`ichkit.engine.driver`). It fits on
+every image of the training folds (train + inner valid, in folds.csv order: these estimators make no
+choice that needs held-back images), with the class imbalance handled one way for every model: balanced
+sample weights for estimators whose fit takes them, balanced resampling (oversampling every class to the
+largest) for the others (kNN, QDA, one-vs-rest). The 6 RSNA probabilities follow `train.rsna_head`
+(`ichkit.heads`); the class prior and multi share come from the training folds' labels only.
 
 LightGBM and XGBoost are imported inside their factories, so registering the models stays cheap.
 """
@@ -13,12 +20,19 @@ LightGBM and XGBoost are imported inside their factories, so registering the mod
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from ichkit.engine.trainer import FoldContext, FoldTrainer
+from ichkit.errors import IchkitError
 from ichkit.features import PIXEL_PREFIX
+from ichkit.files import atomic_path
+from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES
 from ichkit.models import ModelSpec, register
 
 Params = dict[str, Any]
@@ -222,7 +236,6 @@ ESTIMATORS: dict[str, tuple[Callable[[Params, int], Any], Callable[[Any], Params
 FEATURE_SETS_BY_SUFFIX: dict[str, tuple[str, ...]] = {
     "pixels": ("pixels",), "pca_pixels": ("pixels",), "radiomic": ("radiomic",), "both": ("pixels", "radiomic"),
 }
-DEFAULT_PCA_COMPONENTS = 64
 
 # every registered classical model: <estimator>_<feature suffix>
 MODEL_NAMES: tuple[str, ...] = (
@@ -237,17 +250,216 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 
 
+# --------------------------------------------------------------------------------------------------
+# fitting one fold
+
+
+CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "none")
+
+
+def balanced_resample(y: np.ndarray, seed: int) -> np.ndarray:
+    """Row indices that keep every row and oversample (with replacement) each class up to the largest."""
+    rng = np.random.default_rng(seed)
+    n_per_class = np.bincount(y)
+    target = int(n_per_class.max())
+    picks = [np.arange(len(y))]
+    for c in np.flatnonzero(n_per_class):
+        rows = np.flatnonzero(y == c)
+        if len(rows) < target:
+            picks.append(rng.choice(rows, size=target - len(rows), replace=True))
+    return np.sort(np.concatenate(picks))
+
+
+def fit_balanced(estimator, X: pd.DataFrame, y: np.ndarray, seed: int, class_weight: str):
+    """Fit a Pipeline (final step `clf`) with the imbalance handled the same way for every model."""
+    from sklearn.utils.class_weight import compute_sample_weight
+    from sklearn.utils.validation import has_fit_parameter
+
+    if class_weight == "none":
+        return estimator.fit(X, y)
+    if class_weight != "balanced":
+        raise ClassicalError(f"train.class_weight must be one of {CLASS_WEIGHTS}, got {class_weight!r}")
+    if has_fit_parameter(estimator.steps[-1][1], "sample_weight"):
+        return estimator.fit(X, y, clf__sample_weight=compute_sample_weight("balanced", y))
+    rows = balanced_resample(y, seed)
+    return estimator.fit(X.iloc[rows], y[rows])
+
+
+class ClassicalError(IchkitError):
+    """A classical model that cannot be fitted as configured."""
+
+
+@dataclass
+class FoldModel:
+    """One fold's fitted model and everything needed to turn its output into the OOF contract columns."""
+
+    name: str
+    fold: int
+    params: Params
+    task: str
+    classes: np.ndarray            # target values seen in training = the estimator's proba columns
+    n_target: int                  # 7 (7class, 6class) or 2 (binary: any)
+    estimator: Any
+    target_prior: np.ndarray       # (n_target,) target frequencies of the training folds
+    class_prior: np.ndarray        # (7,) class frequencies of the training folds
+    multi_share: np.ndarray        # (5,) P(subtype | multi) of the training folds
+    class_weight: str
+    rsna_head: str
+    rsna_estimators: list[Any] = field(default_factory=list)  # binary heads (RSNA_LABELS order)
+    rsna_constants: dict[int, float] = field(default_factory=dict)  # label index -> constant prob
+
+    def predict_target(self, X: pd.DataFrame) -> np.ndarray:
+        p = np.zeros((len(X), self.n_target))
+        if len(X):
+            p[:, self.classes] = self.estimator.predict_proba(X)
+        return p / p.sum(axis=1, keepdims=True).clip(min=1e-12)
+
+    def predict_class7(self, X: pd.DataFrame) -> np.ndarray:
+        return self.predict(X)[0]
+
+    def predict(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(p7 (n, 7), p6 (n, 6)) for the rows of X."""
+        from ichkit.heads import class7_from_any, prior_correct, rsna_from_class7
+
+        raw = corrected = self.predict_target(X)
+        if self.rsna_head == "prior_corrected" and self.class_weight == "balanced":
+            corrected = prior_correct(raw, self.target_prior)
+        if self.task == "binary":
+            p7, base = class7_from_any(raw[:, 1], self.class_prior), class7_from_any(corrected[:, 1], self.class_prior)
+        else:
+            p7, base = raw, corrected
+        if self.rsna_head != "binary":
+            return p7, rsna_from_class7(base, self.multi_share)
+        p6 = np.zeros((len(X), len(RSNA_LABELS)))
+        for j in range(len(RSNA_LABELS)):
+            if j in self.rsna_constants:
+                p6[:, j] = self.rsna_constants[j]
+            elif len(X):
+                p6[:, j] = self.rsna_estimators[j].predict_proba(X)[:, 1]
+        return p7, p6
+
+
+def _cap_pca(params: Params, n_rows: int, n_pixel_columns: int) -> Params:
+    """PCA cannot have more components than training rows or pixel columns."""
+    if "pca_components" not in params:
+        return params
+    cap = max(1, min(n_rows - 1, n_pixel_columns))
+    if params["pca_components"] > cap:
+        return {**params, "pca_components": cap}
+    return params
+
+
+def fit_fold_model(spec: ModelSpec, params: Params, X: pd.DataFrame, labels: pd.DataFrame, fold: int, seed: int,
+                   class_weight: str, rsna_head: str, task: str = "7class") -> FoldModel:
+    """Fit `spec` with `params` on the rows of X / labels (the training folds of `fold`) for `task`."""
+    from ichkit.engine.tasks import task_target
+    from ichkit.heads import check_head, class_prior, multi_share_from_labels
+
+    check_head(rsna_head)
+    params = _cap_pca(params, len(X), int(X.columns.str.startswith(PIXEL_PREFIX).sum()))
+    y = task_target(labels, task)
+    n_target = 2 if task == "binary" else len(CLASSES7)
+    present = np.unique(y)
+    # estimators see contiguous labels 0..m-1 (XGBoost requires it when a class is absent from the fold)
+    y_encoded = np.searchsorted(present, y)
+    estimator = fit_balanced(spec.build(params, seed), X, y_encoded, seed, class_weight)
+    model = FoldModel(name=spec.name, fold=fold, params=params, task=task, classes=present, n_target=n_target,
+                      estimator=estimator, target_prior=np.bincount(y, minlength=n_target) / len(y),
+                      class_prior=class_prior(labels["y7"].to_numpy()),
+                      multi_share=multi_share_from_labels(labels[list(SUBTYPES)]),
+                      class_weight=class_weight, rsna_head=rsna_head)
+    if rsna_head == "binary":
+        for j, label in enumerate(RSNA_LABELS):
+            yj = labels[label].to_numpy()
+            if yj.min() == yj.max():  # a label the fold never (or always) has: a smoothed constant
+                model.rsna_constants[j] = float((yj.sum() + 0.5) / (len(yj) + 1.0))
+                model.rsna_estimators.append(None)
+            else:
+                model.rsna_estimators.append(spec.build(params, seed).fit(X, yj))
+    return model
+
+
+def compute_features(cfg: dict[str, Any], image_ids: list[str], feature_sets: tuple[str, ...], progress: bool) -> None:
+    """Driver-side setup: compute (or find cached) every feature set the requested models read, once."""
+    from ichkit.features import ensure_features
+
+    ensure_features(cfg["paths"]["work"], image_ids, cfg, feature_sets, progress=progress)
+
+
+MODEL_FILE = "model.joblib"
+
+
+class ClassicalTrainer(FoldTrainer):
+    """The classical family's FoldTrainer: a `FoldModel` fitted on the cached features."""
+
+    code_version = "1"
+
+    def __init__(self, spec: ModelSpec, params: Params, ctx: FoldContext) -> None:
+        self.spec, self.params, self.ctx = spec, dict(params), ctx
+        self.model: FoldModel | None = None
+
+    def _features(self, ids: list[str]) -> pd.DataFrame:
+        from ichkit.features import load_features
+
+        return load_features(self.ctx.work, ids, self.ctx.cfg, self.spec.features, progress=False)
+
+    def fit(self, train_ids: list[str], valid_ids: list[str], fold_dir: Path, resume: bool) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        # train + valid in folds.csv order (ctx.labels' order): no early stopping or thresholds to choose here
+        labels = self.ctx.labels.loc[self.ctx.labels.index.isin(set(train_ids) | set(valid_ids))]
+        o = self.ctx.options
+        self.model = fit_fold_model(self.spec, self.params, self._features(list(labels.index)), labels,
+                                    self.ctx.fold, self.ctx.seed, str(o["class_weight"]), str(o["rsna_head"]),
+                                    self.ctx.task)
+        log = pd.DataFrame([{"n_train": len(labels), "seconds": round(time.perf_counter() - t0, 3)}])
+        with atomic_path(Path(fold_dir) / "log.csv") as tmp:
+            log.to_csv(tmp, index=False)
+
+    def predict(self, ids: list[str]) -> pd.DataFrame:
+        from ichkit.oof import predictions_frame
+
+        if self.model is None:
+            raise ClassicalError(f"model {self.spec.name} fold {self.ctx.fold}: predict before fit")
+        p7, p6 = self.model.predict(self._features(list(ids)))
+        return predictions_frame(list(ids), self.ctx.fold, p7, p6)
+
+    def save(self, fold_dir: Path) -> None:
+        import joblib
+
+        with atomic_path(Path(fold_dir) / MODEL_FILE) as tmp:
+            joblib.dump(self.model, tmp)
+
+    @classmethod
+    def load(cls, fold_dir: Path, ctx: FoldContext) -> "ClassicalTrainer":
+        import joblib
+
+        from ichkit.models import get_model_spec
+
+        path = Path(fold_dir) / MODEL_FILE
+        if not path.is_file():
+            raise ClassicalError(f"{path} not found: run `ichkit train --model {ctx.model} --fold {ctx.fold}`")
+        model = joblib.load(path)
+        trainer = cls(get_model_spec(ctx.model), model.params, ctx)
+        trainer.model = model
+        return trainer
+
+
 def _make_spec(name: str) -> ModelSpec:
     key, suffix = name.split("_", 1)
     factory, suggest, defaults, scale, whiten, what = ESTIMATORS[key]
     features = FEATURE_SETS_BY_SUFFIX[suffix]
     uses_pca = "pixels" in features
-    all_defaults = {**defaults, **({"pca_components": DEFAULT_PCA_COMPONENTS} if uses_pca else {})}
+    # pca_components: None here, filled from features.pca_components (default.yaml) by resolve_params
+    all_defaults = {**defaults, **({"pca_components": None} if uses_pca else {})}
 
     def build(params: Params, seed: int):
         from sklearn.pipeline import Pipeline
 
         p = {**all_defaults, **params}
+        if uses_pca and p.get("pca_components") is None:
+            raise ValueError(f"model {name}: pca_components is not set (features.pca_components in the config)")
         pre = preprocessor(features, scale=scale, pca_components=p.get("pca_components"), whiten=whiten, seed=seed)
         return Pipeline([("features", pre), ("clf", factory(p, seed))])
 
@@ -259,7 +471,8 @@ def _make_spec(name: str) -> ModelSpec:
 
     fed = " + ".join(("PCA of " if f == "pixels" else "") + f for f in features)
     return ModelSpec(name=name, family="classical", features=features, build=build, suggest=search,
-                     defaults=all_defaults, description=f"{what} on {fed} features")
+                     defaults=all_defaults, description=f"{what} on {fed} features", trainer=ClassicalTrainer,
+                     num_cpus=1.0, setup=compute_features)
 
 
 for _name in MODEL_NAMES:
