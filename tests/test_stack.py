@@ -15,6 +15,7 @@ import pytest
 from ichkit import oof
 from ichkit.config import load_config
 from ichkit.folds import make_folds, write_folds
+from ichkit.heads import rsna_from_class7
 from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, seven_class_column
 from ichkit.table import Dataset, write_table
 
@@ -54,10 +55,14 @@ def first_level(table: pd.DataFrame, rng: np.random.Generator, noise: float) -> 
     p7[:, : len(BLEEDS)] += any_[:, None] / len(BLEEDS)  # which subtype: no idea
     p7 = (1 - noise) * p7 + noise * rng.dirichlet(np.ones(7), size=n)
     share = np.full(len(SUBTYPES), 0.4)
-    return p7, oof.rsna_from_class7(p7, share)
+    return p7, rsna_from_class7(p7, share)
 
 
-def write_model(work: Path, name: str, table: pd.DataFrame, folds: pd.DataFrame, p7: np.ndarray, p6: np.ndarray) -> None:
+def write_model(work: Path, name: str, table: pd.DataFrame, folds: pd.DataFrame, p7: np.ndarray, p6: np.ndarray,
+                folds_file: Path) -> None:
+    """A first-level model's fold parts and merged files, as the driver writes them."""
+    from ichkit.engine.fingerprint import file_digest
+
     ids = table["image_id"].astype(str).to_numpy()
     test = (table["split"] == "test").to_numpy()
     fold_of = folds.set_index("image_id")["fold"]
@@ -65,7 +70,7 @@ def write_model(work: Path, name: str, table: pd.DataFrame, folds: pd.DataFrame,
         held = np.array([fold_of.get(i, -1) == k for i in ids])
         oof.write_fold(work, name, k, oof.predictions_frame(ids[held], k, p7[held], p6[held]),
                        oof.predictions_frame(ids[test], k, p7[test], p6[test]))
-    oof.merge(work, name, folds)
+    oof.merge(work, name, folds, meta={"task": "7class", "folds_digest": file_digest(folds_file)})
 
 
 def make_work(tmp_path: Path, n_patients: int = 24, slices_per: int = 12, models: int = 2, k: int = 3,
@@ -87,10 +92,10 @@ def make_work(tmp_path: Path, n_patients: int = 24, slices_per: int = 12, models
     ok = (table["status"] == "ok").to_numpy()
     for m in range(models):
         p7, p6 = first_level(table, rng, noise=0.3 + 0.1 * m)
-        write_model(work, f"model{m}", table[ok], folds, p7[ok], p6[ok])
-    cfg = load_config(None, [f"paths.work={work}", f"paths.folds={folds_file}",
-                             f"paths.submissions={tmp_path / 'submissions'}"])
-    return {"cfg": cfg, "work": work, "table": table, "folds": folds, "root": tmp_path}
+        write_model(work, f"model{m}", table[ok], folds, p7[ok], p6[ok], folds_file)
+    overrides = [f"paths.work={work}", f"paths.folds={folds_file}", f"paths.submissions={tmp_path / 'submissions'}"]
+    return {"cfg": load_config(None, overrides), "overrides": overrides, "work": work, "table": table,
+            "folds": folds, "folds_file": folds_file, "root": tmp_path}
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -150,10 +155,12 @@ def _stack_logloss(w: dict, models: list[str], fold_of: pd.Series) -> float:
     """Stacker OOF RSNA log loss with the fold assignment `fold_of` (image id -> fold)."""
     from ichkit.engine.trainer import FoldContext
     from ichkit.metrics import rsna_log_loss
-    from ichkit.models.stack import SPEC, StackFeatures, StackTrainer
+    from ichkit.models import get_model_spec
+    from ichkit.models.stack import StackFeatures, StackTrainer
 
     cfg, work, table = w["cfg"], w["work"], w["table"]
     feats = StackFeatures.build(work, models, table, cfg["stack"]["neighbours"])
+    spec = get_model_spec("stack_lgbm")
     y7, y6 = oof.truth_for(w["folds"], table)
     labels = pd.DataFrame({"y7": y7}, index=w["folds"]["image_id"].astype(str))
     labels[list(RSNA_LABELS)] = y6
@@ -162,7 +169,7 @@ def _stack_logloss(w: dict, models: list[str], fold_of: pd.Series) -> float:
         train_ids = fold_of.index[fold_of != k].tolist()
         ctx = FoldContext(cfg=cfg, work=work, model="stack_lgbm", fold=int(k), seed=int(cfg["train"]["seed"]), task="7class",
                           slices=table, labels=labels.loc[train_ids])
-        t = StackTrainer(SPEC.params(), ctx, feats)
+        t = StackTrainer(spec, spec.params(), ctx, feats)
         t.fit(train_ids, [], work / "tmp", resume=False)
         parts.append(t.predict(fold_of.index[fold_of == k].tolist()))
     pred = pd.concat(parts).set_index("image_id").loc[labels.index]
@@ -182,7 +189,7 @@ def test_planted_patient_leak_is_not_rewarded_by_the_grouped_folds(tmp_path):
     rng = np.random.default_rng(3)
     codes = {p: rng.dirichlet(np.ones(7)) for p in table["patient_id"].unique()}
     p7 = np.stack([codes[p] for p in table["patient_id"]])
-    write_model(work, "leak", table, folds, p7, oof.rsna_from_class7(p7, np.full(5, 0.4)))
+    write_model(work, "leak", table, folds, p7, rsna_from_class7(p7, np.full(5, 0.4)), w["folds_file"])
 
     grouped = folds.set_index(folds["image_id"].astype(str))["fold"]
     honest = _stack_logloss(w, ["model0"], grouped)
@@ -200,13 +207,15 @@ def test_planted_patient_leak_is_not_rewarded_by_the_grouped_folds(tmp_path):
 def test_optuna_tunes_the_stacker_and_stack_then_uses_the_tuned_params(tmp_path, capsys):
     import json
 
-    from ichkit.outputs.ensemble import run_stack, tune_stack
+    from ichkit.cli import main
+    from ichkit.outputs.ensemble import read_ensemble
 
     w = make_work(tmp_path, n_patients=12)
-    path = tune_stack(w["cfg"], n_trials=2)
-    saved = json.loads(path.read_text())
+    sets = [a for o in w["overrides"] for a in ("--set", o)]
+    assert main(["stack", "--trials", "2", *sets]) == 0
+    saved = json.loads((w["work"] / "params" / "stack_lgbm.json").read_text())
     assert saved["model"] == "stack_lgbm" and saved["n_trials"] == 2 and np.isfinite(saved["rsna_logloss"])
-    ens = run_stack(w["cfg"], progress=False)
-    assert f"tuned {path}" in capsys.readouterr().out
+    ens = read_ensemble(w["work"])
+    assert "tuned" in ens["stack_source"]
     for key, value in saved["params"].items():
         assert ens["stack_params"][key] == value

@@ -16,12 +16,15 @@ by a stacker that saw none of that patient's slices. Its outputs follow the OOF 
 probabilities from the multiclass booster, the 6 RSNA ones mapped with `oof.rsna_from_class7` and the
 training fold's multi share), so `evaluate`, `submit` and the report treat it like any other model.
 
-`StackTrainer` is a `FoldTrainer` (fit/predict/save/load); the stage that runs it is `ichkit.stack`.
+`StackTrainer` is a `FoldTrainer` (fit/predict/save/load) run by the fold driver (`ichkit.engine.driver`)
+like every other family; `ichkit stack` (`ichkit.outputs.ensemble`) sets ``stack.inputs`` (the
+first-level models and a digest of their files, part of the fold fingerprint) and calls the driver, and
+`ichkit tune --model stack_lgbm` tunes it. Loaded with `load` in another work folder (`ichkit predict`),
+it reads that folder's first-level test predictions.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +34,18 @@ import numpy as np
 import pandas as pd
 
 from ichkit.engine.trainer import FoldContext, FoldTrainer
+from ichkit.errors import IchkitError
 from ichkit.labels import CLASSES7, SUBTYPES
 from ichkit.models import ModelSpec, register
 
 STACK_MODEL = "stack_lgbm"
 # the first-level values a stacker reads per model (the 7-class distribution and p(any))
 FIRST_LEVEL_COLUMNS: tuple[str, ...] = tuple(f"prob_{c}" for c in CLASSES7) + ("rsna_any",)
-SEP = "__"  # model / column separator in feature names (LightGBM refuses ':' and ',' in names)
+SEP = "__"
+MODEL_FILE = "model.joblib"  # model / column separator in feature names (LightGBM refuses ':' and ',' in names)
 
 
-class StackError(ValueError):
+class StackError(IchkitError):
     """Stacking cannot run as asked; the message says why and what to do."""
 
 
@@ -61,26 +66,17 @@ def _suggest(trial) -> dict[str, Any]:
     }
 
 
-SPEC = register(ModelSpec(
-    name=STACK_MODEL,
-    family="stack",
-    features=("stack",),
-    build=_lgbm,
-    suggest=_suggest,
-    # few, shallow, strongly subsampled trees: the meta-learner sees a few thousand rows of a few dozen
-    # highly correlated probabilities and overfits quickly otherwise
-    defaults={"n_estimators": 150, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 20,
-              "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "reg_lambda": 1.0, "n_jobs": 1},
-    description="LightGBM meta-learner on first-level OOF probabilities + slice context (+-neighbours, series max/mean)",
-))
 
 
-def first_level_models(work: Path | str, wanted: str | Sequence[str] = "all") -> list[str]:
-    """The first-level models to stack: `wanted` names, or every model with a merged OOF file ("all")
-    that is not itself a stacker."""
+def first_level_models(work: Path | str, wanted: str | Sequence[str] = "all",
+                       folds_file: Path | str | None = None) -> list[str]:
+    """The first-level models to stack: `wanted` names, or every 7-class model with a merged OOF file
+    ("all") that is not itself a stacker. With `folds_file`, a model made with other folds is refused."""
     from ichkit import oof
+    from ichkit.engine.tasks import DEFAULT_TASK, split_run_name
 
-    available = [m for m in oof.list_models(work) if not m.startswith("stack")]
+    available = [m for m in oof.list_models(work)
+                 if not m.startswith("stack") and split_run_name(m)[1] == DEFAULT_TASK]
     if wanted == "all" or wanted == ["all"]:
         names = available
     else:
@@ -90,6 +86,9 @@ def first_level_models(work: Path | str, wanted: str | Sequence[str] = "all") ->
             raise StackError(f"no merged OOF file for {missing} under {Path(work) / 'oof'}: train them on every fold")
     if len(names) < 1:
         raise StackError(f"no first-level OOF files under {Path(work) / 'oof'}: run `ichkit train` first")
+    if folds_file is not None:
+        for m in names:
+            oof.check_current(work, m, folds_file)
     return names
 
 
@@ -136,14 +135,15 @@ class StackFeatures:
 
     @classmethod
     def build(cls, work: Path | str, models: Sequence[str], slices: pd.DataFrame,
-              offsets: Sequence[int], with_oof: bool = True) -> "StackFeatures":
-        """Read each model's merged OOF (when `with_oof`) and test files from `work` and build features."""
+              offsets: Sequence[int]) -> "StackFeatures":
+        """Read each model's merged OOF (where it exists: not in a `predict` folder) and test files from
+        `work` and build features."""
         from ichkit import oof
 
         per_model = {}
         for m in models:
             parts = []
-            if with_oof:
+            if oof.merged_paths(work, m)[0].is_file():
                 parts.append(oof.read_oof(work, m))
             test_path = oof.merged_paths(work, m)[1]
             if test_path.is_file():
@@ -178,53 +178,45 @@ def stack_matrix(per_model: dict[str, pd.DataFrame], slices: pd.DataFrame, offse
 
 
 class StackTrainer(FoldTrainer):
-    """One fold of the meta-learner. `features` is shared by the folds of one run (built once)."""
+    """One fold of the meta-learner. `features` may be shared by the folds of one run (built once)."""
 
     code_version = "1"
 
-    def __init__(self, params: dict[str, Any], ctx: FoldContext, features: StackFeatures | None = None):
-        self.params = dict(params)
-        self.ctx = ctx
+    def __init__(self, spec: ModelSpec, params: dict[str, Any], ctx: FoldContext,
+                 features: StackFeatures | None = None):
+        self.spec, self.params, self.ctx = spec, dict(params), ctx
         self.features = features
         self.estimator = None
         self.classes: np.ndarray | None = None
         self.multi_share: np.ndarray | None = None
         self.columns: list[str] = []
-        self.models: list[str] = list(features.models) if features is not None else []
+        self.models: list[str] = list(features.models) if features is not None else stacked_models(ctx)
 
     def _features(self) -> StackFeatures:
-        if self.features is None:  # loaded for prediction: read the predictions in the context's work folder
-            offsets = self.ctx.cfg["stack"]["neighbours"]
-            self.features = StackFeatures.build(self.ctx.work, self.models, self.ctx.slices, offsets,
-                                                with_oof=False)
+        if self.features is None:
+            self.features = StackFeatures.build(self.ctx.work, self.models, self.ctx.slices,
+                                                self.ctx.cfg["stack"]["neighbours"])
         return self.features
 
     def fit(self, train_ids: list[str], valid_ids: list[str], fold_dir: Path, resume: bool) -> None:
-        from ichkit.oof import multi_share_from_labels
+        from ichkit.heads import multi_share_from_labels
 
-        X = self._features().rows(train_ids)
-        labels = self.ctx.labels.loc[[str(i) for i in train_ids]]
+        # train + valid, as the classical family: a fixed number of trees (tuned by Optuna), nothing to stop
+        seen = set(map(str, train_ids)) | set(map(str, valid_ids))
+        labels = self.ctx.labels[self.ctx.labels.index.isin(seen)]  # folds.csv order, however the ids came
+        X = self._features().rows(list(labels.index))
         y7 = labels["y7"].to_numpy(dtype=np.int64)
         self.classes = np.unique(y7)
         self.columns = list(X.columns)
-        estimator = SPEC.build(self.params, self.ctx.seed)
-        fit_kwargs: dict[str, Any] = {}
-        if valid_ids:  # early stopping on the inner validation split, never the held-out fold
-            import lightgbm
-
-            Xv = self._features().rows(valid_ids)
-            yv = self.ctx.labels.loc[[str(i) for i in valid_ids], "y7"].to_numpy(dtype=np.int64)
-            keep = np.isin(yv, self.classes)
-            fit_kwargs = {"eval_set": [(Xv[keep], np.searchsorted(self.classes, yv[keep]))],
-                          "callbacks": [lightgbm.early_stopping(20, verbose=False)]}
         if len(self.classes) == 1:
             self.estimator = None  # one class in the fold: predict it with certainty
         else:
-            self.estimator = estimator.fit(X, np.searchsorted(self.classes, y7), **fit_kwargs)
+            self.estimator = SPEC.build(self.params, self.ctx.seed).fit(X, np.searchsorted(self.classes, y7))
         self.multi_share = multi_share_from_labels(labels[list(SUBTYPES)])
 
     def predict(self, ids: list[str]) -> pd.DataFrame:
-        from ichkit.oof import predictions_frame, rsna_from_class7
+        from ichkit.heads import rsna_from_class7
+        from ichkit.oof import predictions_frame
 
         X = self._features().rows(ids)[self.columns]
         p7 = np.zeros((len(X), len(CLASSES7)))
@@ -238,24 +230,46 @@ class StackTrainer(FoldTrainer):
     def save(self, fold_dir: Path) -> None:
         import joblib
 
-        from ichkit.files import atomic_path, write_text_atomic
+        from ichkit.files import atomic_path
 
-        fold_dir = Path(fold_dir)
-        with atomic_path(fold_dir / "model.joblib") as tmp:
+        with atomic_path(Path(fold_dir) / MODEL_FILE) as tmp:
             joblib.dump({"estimator": self.estimator, "classes": self.classes, "multi_share": self.multi_share,
                          "columns": self.columns, "models": self.models, "params": self.params}, tmp)
-        write_text_atomic(fold_dir / "inputs.json", json.dumps({"models": self.models, "params": self.params,
-                                                                "n_features": len(self.columns)}, indent=2) + "\n")
 
     @classmethod
     def load(cls, fold_dir: Path, ctx: FoldContext) -> "StackTrainer":
         import joblib
 
-        path = Path(fold_dir) / "model.joblib"
+        path = Path(fold_dir) / MODEL_FILE
         if not path.is_file():
             raise StackError(f"{path} not found: run `ichkit stack`")
         saved = joblib.load(path)
-        trainer = cls(saved["params"], ctx)
+        trainer = cls.__new__(cls)  # not __init__: the models come from the file, not the context
+        trainer.spec, trainer.params, trainer.ctx, trainer.features = SPEC, saved["params"], ctx, None
         trainer.estimator, trainer.classes = saved["estimator"], saved["classes"]
         trainer.multi_share, trainer.columns, trainer.models = saved["multi_share"], saved["columns"], saved["models"]
         return trainer
+
+
+def stacked_models(ctx: FoldContext) -> list[str]:
+    """The first-level models a stacker fold reads: ``stack.inputs.models`` as `ichkit stack` set it, else
+    `stack.models` resolved in the work folder (e.g. under `ichkit tune`)."""
+    inputs = ctx.cfg["stack"]["inputs"] or {}
+    return list(inputs.get("models") or first_level_models(ctx.work, ctx.cfg["stack"]["models"]))
+
+
+SPEC = register(ModelSpec(
+    name=STACK_MODEL,
+    family="stack",
+    features=(),
+    build=_lgbm,
+    suggest=_suggest,
+    # few, shallow, strongly subsampled trees: the meta-learner sees a few thousand rows of a few dozen
+    # highly correlated probabilities and overfits quickly otherwise
+    defaults={"n_estimators": 150, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 20,
+              "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "reg_lambda": 1.0, "n_jobs": 1},
+    trainer=StackTrainer,
+    # the first-level models and their files' digest, and the context offsets, change the stacker's outputs
+    config_keys=("stack.inputs", "stack.neighbours"),
+    description="LightGBM meta-learner on first-level OOF probabilities + slice context (+-neighbours, series max/mean)",
+))

@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
-import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,19 +70,14 @@ def ensemble_test(work: Path | str, ensemble: dict[str, Any]) -> pd.DataFrame:
     return oof.read_test(work, ensemble["model"])
 
 
-def stack_fingerprint(work: Path, models: list[str], params: dict[str, Any], stack_cfg: dict[str, Any],
-                      folds_file: Path, seed: int) -> str:
-    """Hash of everything the stacker's folds depend on: first-level OOF and test files, folds, settings."""
+def inputs_digest(work: Path, models: list[str]) -> str:
+    """Digest of the first-level models' merged OOF and test files: what the stacker is fitted on."""
     from ichkit import oof
-    from ichkit.models.stack import StackTrainer
 
     h = hashlib.sha256()
-    h.update(json.dumps({"models": models, "params": params, "neighbours": stack_cfg["neighbours"],
-                         "seed": seed, "code": StackTrainer.code_version}, sort_keys=True).encode())
     for m in models:
         for path in oof.merged_paths(work, m):
-            h.update(path.read_bytes() if path.is_file() else b"-")
-    h.update(Path(folds_file).read_bytes())
+            h.update(m.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()[:16]
 
 
@@ -96,7 +88,9 @@ def candidate_scores(oof_frames: dict[str, pd.DataFrame], stack_oof: pd.DataFram
     from ichkit.oof import score_oof
 
     if select_by not in SCORE_KEYS:
-        raise ValueError(f"stack.select_by must be one of {list(SCORE_KEYS)}, got {select_by!r}")
+        from ichkit.models.stack import StackError
+
+        raise StackError(f"stack.select_by must be one of {list(SCORE_KEYS)}, got {select_by!r}")
     lower = select_by in LOWER_IS_BETTER
     singles = {m: score_oof(f, slices) for m, f in oof_frames.items()}
     best = sorted(singles, key=lambda m: singles[m][select_by] * (1 if lower else -1))[0]
@@ -115,112 +109,41 @@ def candidate_scores(oof_frames: dict[str, pd.DataFrame], stack_oof: pd.DataFram
             "winner": winner, "gain": gain}
 
 
-@dataclass
-class StackData:
-    """Everything the stacker's folds share: the table, folds, first-level models, features and labels."""
-
-    cfg: dict[str, Any]
-    work: Path
-    slices: pd.DataFrame
-    folds: pd.DataFrame
-    names: list[str]
-    seed: int
-    features: Any = None               # models.stack.StackFeatures (built when a stacker is fitted)
-    labels: pd.DataFrame | None = None  # index image_id: y7, RSNA_LABELS of the training images
-
-    @classmethod
-    def load(cls, cfg: dict[str, Any], models: list[str] | str = "all", with_features: bool = True) -> "StackData":
-        from ichkit.folds import folds_path, read_folds
-        from ichkit.models.stack import first_level_models
-        from ichkit.table import read_table
-
-        work = Path(cfg["paths"]["work"])
-        stack_cfg = cfg["stack"]
-        slices = read_table(work).slices
-        folds = read_folds(folds_path(cfg), slices)
-        names = first_level_models(work, models if models != "all" else stack_cfg["models"])
-        seed = int(stack_cfg["seed"] if stack_cfg["seed"] is not None else cfg["train"]["seed"])
-        data = cls(cfg=cfg, work=work, slices=slices, folds=folds, names=names, seed=seed)
-        return data.with_features() if with_features else data
-
-    def with_features(self) -> "StackData":
-        """Build the stacker's features and the training labels (once)."""
-        from ichkit import oof
-        from ichkit.labels import RSNA_LABELS
-        from ichkit.models.stack import StackFeatures
-
-        if self.features is None:
-            self.features = StackFeatures.build(self.work, self.names, self.slices, list(self.cfg["stack"]["neighbours"]))
-            y7, y6 = oof.truth_for(self.folds, self.slices, what="training images of folds.csv")
-            self.labels = pd.DataFrame({"y7": y7}, index=pd.Index(self.folds["image_id"].astype(str), name="image_id"))
-            self.labels[list(RSNA_LABELS)] = y6
-        return self
-
-    @property
-    def fold_ids(self) -> list[int]:
-        return sorted(int(f) for f in self.folds["fold"].unique())
-
-    @property
-    def test_ids(self) -> list[str]:
-        return [i for i in self.features.X.index if i not in self.labels.index]
-
-    def fit_fold(self, params: dict[str, Any], k: int, progress: bool = False):
-        """(fitted StackTrainer, held-out ids) of fold k: fitted on the other folds' OOF rows only."""
-        from ichkit.engine.trainer import FoldContext
-        from ichkit.models.stack import STACK_MODEL, StackTrainer
-
-        held = self.folds["fold"] == k
-        train_ids = self.folds.loc[~held, "image_id"].astype(str).tolist()
-        ctx = FoldContext(cfg=self.cfg, work=self.work, model=STACK_MODEL, fold=k, seed=self.seed, task="7class",
-                          slices=self.slices, labels=self.labels.loc[train_ids], progress=progress)
-        trainer = StackTrainer(params, ctx, self.features)
-        trainer.fit(train_ids, [], self.work / "models" / STACK_MODEL / f"fold{k}", resume=False)
-        return trainer, self.folds.loc[held, "image_id"].astype(str).tolist()
-
-
 def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Fit the stacker on every fold, compare, write and return ensemble.json's content."""
-    from ichkit import oof
-    from ichkit.folds import folds_path
-    from ichkit.models.stack import SPEC, STACK_MODEL
-    from ichkit.train import resolve_params
+    """Fit the stacker on every fold (through the fold driver), compare, write and return ensemble.json's
+    content (which includes the settings with ``stack.inputs`` filled in)."""
+    import copy
 
+    from ichkit import oof
+    from ichkit.engine.driver import train_models
+    from ichkit.engine.fingerprint import digest, file_digest
+    from ichkit.engine.params import resolve_params
+    from ichkit.folds import folds_path, read_folds
+    from ichkit.models.stack import SPEC, STACK_MODEL, first_level_models
+    from ichkit.table import read_table
+
+    work = Path(cfg["paths"]["work"])
     stack_cfg = cfg["stack"]
-    use_tuned = bool(cfg["train"]["use_tuned"])
-    params, source = resolve_params(SPEC, cfg, use_tuned=use_tuned)
+    slices = read_table(work).slices
+    folds = read_folds(folds_path(cfg), slices)
+    names = first_level_models(work, models if models != "all" else stack_cfg["models"], folds_path(cfg))
     select_by = str(stack_cfg["select_by"])
-    data = StackData.load(cfg, models, with_features=False)
-    work, slices, folds, names, seed = data.work, data.slices, data.folds, data.names, data.seed
+    cfg = copy.deepcopy(cfg)
+    cfg["stack"]["inputs"] = {"models": names, "digest": inputs_digest(work, names)}
+    params, source = resolve_params(SPEC, cfg, use_tuned=bool(cfg["train"]["use_tuned"]))
+    fingerprint = digest({"inputs": cfg["stack"]["inputs"], "params": params, "folds": file_digest(folds_path(cfg)),
+                          "neighbours": stack_cfg["neighbours"], "seed": cfg["train"]["seed"]})
 
     oof_frames = {m: oof.read_oof(work, m) for m in names}
     use_stacker = len(names) >= int(stack_cfg["min_models"])
     stack_oof = None
-    fingerprint = stack_fingerprint(work, names, params, stack_cfg, folds_path(cfg), seed)
-    model_dir = work / "models" / STACK_MODEL
     if use_stacker:
-        print(f"stack: {len(names)} first-level models ({', '.join(names)}); params from {source}")
-        data.with_features()
-        print(f"stack: {data.features.X.shape[1]} features per slice (models, their mean, context at offsets "
-              f"+-{list(stack_cfg['neighbours'])} and series max/mean)")
-        fp_path = model_dir / "fingerprint.json"
-        recorded = json.loads(fp_path.read_text()).get("fingerprint") if fp_path.is_file() else None
-        stale = recorded != fingerprint
-        if stale and recorded is not None:
-            print("stack: the first-level predictions, folds or settings changed since the last fit; refitting every fold")
-        test_ids = data.test_ids
-        for k in data.fold_ids:
-            if oof.fold_done(work, STACK_MODEL, k) and not (force or stale):
-                print(f"{STACK_MODEL} fold {k}: done already (--force to refit)")
-                continue
-            t0 = time.perf_counter()
-            trainer, held_ids = data.fit_fold(params, k, progress)
-            trainer.save(model_dir / f"fold{k}")
-            oof.write_fold(work, STACK_MODEL, k, trainer.predict(held_ids), trainer.predict(test_ids))
-            print(f"{STACK_MODEL} fold {k}: fitted on {len(folds) - len(held_ids)} slices, predicted "
-                  f"{len(held_ids)} held-out + {len(test_ids)} test ({time.perf_counter() - t0:.1f} s)")
-        stack_oof, _ = oof.merge(work, STACK_MODEL, folds)
-        write_text_atomic(fp_path, json.dumps({"fingerprint": fingerprint, "models": names}, indent=2) + "\n")
+        print(f"stack: {len(names)} first-level models ({', '.join(names)}); slice context at offsets "
+              f"+-{list(stack_cfg['neighbours'])} and series max/mean; params from {source}")
+        stack_oof = train_models([STACK_MODEL], cfg, force=force, task="7class", progress=progress)[STACK_MODEL]
+        if stack_oof is None:
+            raise oof.OOFError(f"{STACK_MODEL}: not every fold was fitted; run `ichkit stack` again")
     else:
         print(f"stack: only {len(names)} first-level model(s): no stacker (stack.min_models), "
               "the best single model is used")
@@ -241,6 +164,7 @@ def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool 
         "folds": sorted(int(f) for f in folds["fold"].unique()),
         "folds_file": str(folds_path(cfg)),
         "stack_params": params if use_stacker else None,
+        "stack_source": source if use_stacker else None,
         "fingerprint": fingerprint,
         "created": created,
         "cfg": cfg,
@@ -316,22 +240,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first-level models (comma list; default stack.models: every merged OOF file)")
     parser.add_argument("--force", action="store_true", help="refit the stacker's folds even if they are done")
     parser.add_argument("--trials", type=int, default=0,
-                        help="first run this many Optuna trials on the stacker's fold-CV RSNA log loss "
-                             "(study in tune.storage; best params -> <work>/params/stack_lgbm.json)")
+                        help="first run this many Optuna trials of the stacker (= `ichkit tune --model stack_lgbm`; "
+                             "best params -> <work>/params/stack_lgbm.json, used by the fit)")
     parser.add_argument("--storage", default=None, help="Optuna storage URL for --trials (default: tune.storage)")
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from ichkit.folds import FoldsError
-    from ichkit.models.stack import StackError
-    from ichkit.oof import OOFError
-
     models = "all" if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
-    try:
-        if args.trials:
-            tune_stack(cfg, args.trials, models, args.storage)
-        run_stack(cfg, models, force=args.force)
-    except (StackError, OOFError, FoldsError, FileNotFoundError, ValueError) as exc:
-        print(f"ichkit stack: error: {exc}", file=sys.stderr)
-        return 1
+    if args.trials:  # the stacker is a model like the others: tune's study, pruning and params file
+        import copy
+
+        from ichkit.models.stack import STACK_MODEL, first_level_models
+        from ichkit.tune import tune_model
+
+        tune_cfg = copy.deepcopy(cfg)
+        names = first_level_models(Path(cfg["paths"]["work"]), models if models != "all" else cfg["stack"]["models"])
+        tune_cfg["stack"]["inputs"] = {"models": names}
+        tune_model(STACK_MODEL, tune_cfg, args.trials, storage=args.storage, task="7class")
+    run_stack(cfg, models, force=args.force)
     return 0

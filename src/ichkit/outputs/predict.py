@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichkit.errors import IchkitError
 from ichkit.files import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class PredictError(ValueError):
+class PredictError(IchkitError):
     """Prediction cannot run as asked; the message says why."""
 
 
@@ -122,43 +123,26 @@ def _write_test(work: Path, model: str, frame: pd.DataFrame) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def _classical_fold_predictions(trained: Path, model: str, fold: int, X: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    from ichkit.oof import predictions_frame
-    from ichkit.train import load_fold_model
-
-    fitted = load_fold_model(trained, model, fold)
-    names = getattr(fitted.estimator, "feature_names_in_", None)
-    p7, p6 = fitted.predict(X[list(names)] if names is not None else X)
-    return predictions_frame(ids, fold, p7, p6)
-
-
-def predict_first_level(trained: Path, work: Path, cfg: dict[str, Any], model: str, folds: list[int],
-                        ids: list[str]) -> pd.DataFrame:
-    """Mean over the fold models of `model` (trained in `trained`) on `ids` (prepared in `work`)."""
-    from ichkit.features import load_features
+def predict_model(trained: Path, work: Path, cfg: dict[str, Any], slices: pd.DataFrame, model: str,
+                  folds: list[int], ids: list[str]) -> pd.DataFrame:
+    """Mean over the fold models of `model` (trained in `trained`) on `ids` (prepared in `work`): each fold
+    restored with its family's `FoldTrainer.load`, so any registered family (classical, CNN, the stacker)
+    predicts the same way."""
+    from ichkit.engine.driver import fold_dir_of, train_settings
+    from ichkit.engine.trainer import FoldContext
     from ichkit.models import get_model_spec
     from ichkit.outputs.ensemble import mean_predictions
 
     spec = get_model_spec(model)
-    if spec.family != "classical":
-        raise PredictError(f"model {model} is a {spec.family} model; predict applies classical models and the "
-                           "stacker (other families plug in through FoldTrainer.load with the engine driver)")
-    X = load_features(work, ids, cfg, spec.features, progress=True)
-    parts = [_classical_fold_predictions(trained, model, k, X, ids) for k in folds]
-    return mean_predictions(parts, fold=-1)
-
-
-def predict_stacker(trained: Path, work: Path, cfg: dict[str, Any], slices: pd.DataFrame, folds: list[int],
-                    ids: list[str]) -> pd.DataFrame:
-    from ichkit.engine.trainer import FoldContext
-    from ichkit.models.stack import STACK_MODEL, StackTrainer
-    from ichkit.outputs.ensemble import mean_predictions
-
+    if spec.trainer is None:
+        raise PredictError(f"model {model}: its family registered no FoldTrainer to load")
+    if spec.setup is not None:  # e.g. the classical features of the new images, computed once with all cores
+        spec.setup(cfg, ids, tuple(spec.features), True)
     parts = []
     for k in folds:
-        ctx = FoldContext(cfg=cfg, work=work, model=STACK_MODEL, fold=k, seed=0, task="7class", slices=slices,
-                          labels=pd.DataFrame())
-        parts.append(StackTrainer.load(trained / "models" / STACK_MODEL / f"fold{k}", ctx).predict(ids))
+        ctx = FoldContext(cfg=cfg, work=work, model=model, fold=k, seed=int(cfg["train"]["seed"]), task="7class",
+                          slices=slices, labels=pd.DataFrame(), options=train_settings(cfg, "7class"))
+        parts.append(spec.trainer.load(fold_dir_of(trained, model, k), ctx).predict(ids))
     return mean_predictions(parts, fold=-1)
 
 
@@ -191,12 +175,11 @@ def predict(data: Path, trained: Path, out_dir: Path | None = None, workers: int
     ids = slices.loc[slices["status"] == "ok", "image_id"].astype(str).tolist()
     folds = [int(k) for k in ensemble["folds"]]
     needed = ensemble["first_level"] if ensemble["winner"] in ("mean", "stack") else [ensemble["model"]]
+    if ensemble["winner"] == "stack":  # the stacker reads the first-level test files written before it
+        needed = [*needed, ensemble["model"]]
     for m in needed:
         print(f"predict: {m} ({len(folds)} fold models, mean over folds)")
-        _write_test(work, m, predict_first_level(trained, work, cfg, m, folds, ids))
-    if ensemble["winner"] == "stack":
-        print("predict: stack_lgbm (the stacker won on the OOF comparison)")
-        _write_test(work, ensemble["model"], predict_stacker(trained, work, cfg, slices, folds, ids))
+        _write_test(work, m, predict_model(trained, work, cfg, slices, m, folds, ids))
 
     from ichkit.outputs.ensemble import ensemble_test
 
@@ -219,14 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from ichkit.oof import OOFError
-    from ichkit.outputs.submit import SubmissionError, format_sidecar
-    from ichkit.prepare import PrepareError
+    from ichkit.outputs.submit import format_sidecar
 
-    try:
-        sidecar = predict(args.data, args.models or Path(cfg["paths"]["work"]), args.out, args.workers)
-    except (PredictError, PrepareError, SubmissionError, OOFError, FileNotFoundError, ValueError) as exc:
-        print(f"ichkit predict: error: {exc}", file=sys.stderr)
-        return 1
+    sidecar = predict(args.data, args.models or Path(cfg["paths"]["work"]), args.out, args.workers)
     print(format_sidecar(sidecar))
     return 0

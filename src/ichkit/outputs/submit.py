@@ -23,20 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ichkit.errors import IchkitError
 from ichkit.files import atomic_path, write_text_atomic
 from ichkit.labels import CLASSES7, RSNA_LABELS
 
 FALLBACKS = ("prior",)
 
 
-class SubmissionError(ValueError):
+class SubmissionError(IchkitError):
     """A submission that would be rejected; the message names the problem and example ids."""
 
 
@@ -288,11 +288,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from ichkit.oof import OOFError
-
-    try:
-        submit(cfg, args.out, args.force)
-    except (SubmissionError, OOFError, FileNotFoundError) as exc:
-        print(f"ichkit submit: error: {exc}", file=sys.stderr)
-        return 1
+    submit(cfg, args.out, args.force)
     return 0
