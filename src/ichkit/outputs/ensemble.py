@@ -1,15 +1,16 @@
 """Stage `stack`: fit the meta-learner fold by fold, compare it with the best single model and the plain
 mean of the models, and choose the ensemble the submission (and `predict`) uses.
 
-``ichkit stack [--models a,b,...] [--force]``
+``ichkit stack [--models a,b,...] [--force] [--trials N]``
 
-1. The first-level models (`stack.models`; "all" = every model with a merged OOF file) are read
-   (`models.stack.StackFeatures`).
-2. For every fold k of folds.csv (the same patient-grouped folds as the first level) a `StackTrainer` is
-   fitted on the other folds' OOF rows and predicts fold k and the test split; the parts are written and
-   merged through the OOF contract as model ``stack_lgbm`` (`ichkit.oof`), so its score is out-of-fold.
-   Finished folds are skipped unless the inputs changed (other first-level OOF files, folds, params or
-   settings: `stack_fingerprint`) or ``--force``.
+1. The first-level models (`stack.models`; "all" = every 7-class model with a merged OOF file) are checked
+   against the current folds.csv (`oof.check_current`: a model made with other folds is refused).
+2. ``stack.inputs`` is set to those models and a digest of their OOF and test files, and the fold driver
+   (`ichkit.engine.driver.train_models`) fits `models.stack.StackTrainer` on every fold of folds.csv (the
+   same patient-grouped folds as the first level): fitted on the other folds' OOF rows, it predicts fold k
+   and the test split, and the parts merge through the OOF contract as model ``stack_lgbm``, so its score
+   is out-of-fold. The inputs are in the fold fingerprint: new first-level predictions refit every fold,
+   a re-run with the same inputs skips them. ``--trials N`` first runs `ichkit tune` on the stacker.
 3. Three candidates are scored on the same OOF rows by `stack.select_by` (the RSNA log loss): the best
    single first-level model, the plain mean of the first-level models, the stacker. The winner (the
    stacker only if it beats both) and the gains go to ``<work>/stack/ensemble.json`` together with the
@@ -175,48 +176,6 @@ def run_stack(cfg: dict[str, Any], models: list[str] | str = "all", force: bool 
     print(format_comparison(ensemble))
     print(f"-> {ensemble_path(work)}")
     return ensemble
-
-
-def tune_stack(cfg: dict[str, Any], n_trials: int, models: list[str] | str = "all", storage: str | None = None,
-               seed: int | None = None) -> Path:
-    """Optuna search of the stacker's parameters on its fold-CV RSNA log loss (pruned fold by fold), in
-    the same study storage as `ichkit tune`; the best parameters go to ``<work>/params/stack_lgbm.json``,
-    which the next `ichkit stack` uses (its inputs fingerprint then changes, so every fold is refitted)."""
-    import optuna
-
-    from ichkit.labels import RSNA_LABELS
-    from ichkit.metrics import rsna_log_loss
-    from ichkit.models.stack import SPEC, STACK_MODEL
-    from ichkit.oof import RSNA_COLUMNS
-    from ichkit.train import resolve_params
-    from ichkit.tune import open_storage, open_study, storage_url, write_best_params
-
-    data = StackData.load(cfg, models)
-    base, _ = resolve_params(SPEC, cfg, use_tuned=False)
-    tune_cfg = cfg["tune"]
-    sampler_seed = int(seed if seed is not None else tune_cfg["seed"] if tune_cfg["seed"] is not None else data.seed)
-
-    def objective(trial: optuna.Trial) -> float:
-        suggested = SPEC.suggest(trial)
-        trial.set_user_attr("suggested", suggested)
-        losses = []
-        for step, k in enumerate(data.fold_ids):
-            trainer, held_ids = data.fit_fold(SPEC.params(base, suggested), k)
-            pred = trainer.predict(held_ids)
-            losses.append(rsna_log_loss(data.labels.loc[held_ids, list(RSNA_LABELS)].to_numpy(),
-                                        pred[list(RSNA_COLUMNS)].to_numpy()))
-            trial.report(float(np.mean(losses)), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return float(np.mean(losses))
-
-    url = storage_url(cfg, storage)
-    study = open_study(STACK_MODEL, open_storage(url), sampler_seed, int(tune_cfg["startup_trials"]),
-                       int(tune_cfg["warmup_folds"]))
-    study.optimize(objective, n_trials=n_trials)
-    path = write_best_params(data.work, STACK_MODEL, study, url)
-    print(f"stack: tuned {n_trials} trials; best fold-CV RSNA log loss {study.best_value:.4f} -> {path}")
-    return path
 
 
 def format_comparison(ensemble: dict[str, Any]) -> str:

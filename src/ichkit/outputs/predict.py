@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ichkit.errors import IchkitError
