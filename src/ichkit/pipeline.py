@@ -1,8 +1,9 @@
 """Stage `all`: the main job. Runs the stages in order through the same CLI a user would type.
 
 demo data (only when the input folder holds no dataset) -> prepare -> folds -> train (every model of
-`train.models` whose family is registered: classical now, the CNN classifiers and the segmentation U-Net
-once their families exist; the others are named and skipped) -> evaluate -> stack (the ensemble choice)
+`train.models` whose family is registered: classical, and the CNN classifiers once their family exists;
+the others are named and skipped) -> segment (the segmentation models of `seg.models`, when that family
+and its stage exist) -> evaluate -> stack (the ensemble choice)
 -> submit (submissions/) -> report (work/report/). Each stage skips work that is already done, so a
 re-run is fast. ``--profile NAME`` sets ``<section>.profile`` of every config section that has one (the
 network families' quick / full budgets). The last lines name every file written.
@@ -69,6 +70,16 @@ def registered_models(requested: str, cfg: dict) -> tuple[list[str], list[str]]:
     return [n for n in names if n in known], [n for n in names if n not in known]
 
 
+def segmentation_stage() -> list[list[str]]:
+    """[["segment"]] when the segmentation family and its stage are installed (its models: seg.models)."""
+    from ichkit.cli import STAGES
+    from ichkit.models import FAMILY_MODULES, list_models
+
+    if "segment" not in STAGES or "seg" not in FAMILY_MODULES or not list_models("seg"):
+        return []
+    return [["segment"]]
+
+
 def files_written(cfg: dict, root: Path) -> list[tuple[str, Path]]:
     """(what, path) of every file the main job leaves, for the final summary."""
     from ichkit import oof
@@ -91,6 +102,8 @@ def files_written(cfg: dict, root: Path) -> list[tuple[str, Path]]:
         sidecar = Path(cfg["paths"]["submissions"]) / f"{run_id_of(read_ensemble(work))}.json"
         if sidecar.is_file():
             out += [(f"submission {k}", Path(v)) for k, v in json.loads(sidecar.read_text())["files"].items()]
+    out += [("segmentation OOF", p) for p in sorted((work / "seg_oof").glob("*.parquet"))]
+    out += [("segmentation table", work / "seg_evaluation.csv")]
     out += [("report", work / "report" / "report.html"), ("report", work / "report" / "report.md")]
     return [(what, path) for what, path in out if path.exists()]
 
@@ -117,6 +130,7 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
         ["prepare", "--data", str(root)],
         ["folds"],
         ["train", "--model", ",".join(models)],
+        *segmentation_stage(),
         ["evaluate"],
         ["stack"],
         ["submit"],
