@@ -35,8 +35,11 @@ MODEL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("any_accuracy", "binary accuracy"), ("rsna_logloss", "RSNA log loss"), ("macro_auc", "AUC (7-class)"),
     ("any_auc", "AUC (any)"),
 )
+# the segmentation family's table (ichkit.models.seg.evaluate.seg_table): its column -> heading
 SEG_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("dice", "Dice"), ("precision", "precision"), ("recall", "recall"), ("volume_error_ml", "volume error (mL)"),
+    ("n_blood", "slices with blood"), ("mean_dice", "Dice"), ("mean_iou", "IoU"), ("pixel_precision", "precision"),
+    ("pixel_recall", "recall"), ("normal_fp_rate", "FP rate on normal slices"),
+    ("volume_mae_ml", "volume error (mL, MAE)"), ("volume_corr", "volume correlation"),
 )
 
 
@@ -54,17 +57,23 @@ def model_table(work: Path, slices: pd.DataFrame, ensemble: dict[str, Any] | Non
     return table
 
 
-def seg_table(work: Path) -> pd.DataFrame:
-    """Mean per-image segmentation scores of every ``seg_oof/<model>.parquet`` (empty when none)."""
-    rows = []
-    for path in sorted((work / "seg_oof").glob("*.parquet")):
-        frame = pd.read_parquet(path)
-        row: dict[str, Any] = {"model": path.stem, "n_images": len(frame)}
-        for key, _ in SEG_COLUMNS:
-            if key in frame.columns:
-                row[key] = float(pd.to_numeric(frame[key], errors="coerce").mean())
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+def seg_results():
+    """The segmentation family's result modules (results, evaluate), or None where it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ichkit.models.seg") is None or importlib.util.find_spec("ichkit.models.seg.results") is None:
+        return None
+    from ichkit.models.seg import evaluate, results
+
+    return results, evaluate
+
+
+def seg_table(cfg: dict[str, Any]) -> pd.DataFrame:
+    """The segmentation family's OOF table (models and baselines), empty when there is none."""
+    found = seg_results()
+    if found is None or not found[0].list_models(Path(cfg["paths"]["work"])):
+        return pd.DataFrame()
+    return found[1].seg_table(cfg)
 
 
 def roc_curves(work: Path, slices: pd.DataFrame, models: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
@@ -84,30 +93,38 @@ def roc_curves(work: Path, slices: pd.DataFrame, models: list[str]) -> dict[str,
     return curves
 
 
-def seg_overlays(work: Path, n: int) -> list[dict[str, Any]]:
-    """Overlays (image, true mask, predicted mask) of up to `n` OOF and `n` test slices from the
-    segmentation family's saved masks; [] when there are none (or the family is not installed)."""
-    import importlib.util
-
-    if importlib.util.find_spec("ichkit.models.seg") is None or importlib.util.find_spec("ichkit.models.seg.results") is None:
-        return []
-    from ichkit.models.seg import results
-
-    reader = getattr(results, "overlay_masks", None)
-    if reader is None:
-        return []
+def seg_overlays(cfg: dict[str, Any], n: int, results=None) -> list[dict[str, Any]]:
+    """Overlays (image, true mask, predicted mask) of up to `n` OOF slices (those with a true mask first)
+    and `n` positive test slices of each segmentation model; [] without segmentation outputs. `results`
+    is the family's results module (`ichkit.models.seg.results`: list_models, read_oof_masks,
+    read_test_masks)."""
     from ichkit.cache import ImageCache
     from ichkit.outputs.report.figures import overlay_strip
 
+    if results is None:
+        found = seg_results()
+        if found is None:
+            return []
+        results = found[0]
+    work = Path(cfg["paths"]["work"])
     cache = ImageCache(work)
+    picked: list[tuple[str, str, str, np.ndarray]] = []
+    for model in results.list_models(work):
+        oof_masks = results.read_oof_masks(work, model)
+        with_truth = sorted(i for i in oof_masks if cache.has("mask", i))
+        others = sorted(i for i in oof_masks if i not in set(with_truth))
+        picked += [("OOF", model, i, oof_masks[i]) for i in (with_truth + others)[:n]]
+        try:
+            test_masks, _ = results.read_test_masks(work, model, cfg)
+        except (FileNotFoundError, ValueError):  # no test predictions of this model (yet)
+            test_masks = {}
+        picked += [("test", model, i, m) for i, m in sorted(test_masks.items()) if m.any()][:n]
     out = []
-    for item in reader(work, n):  # dicts: image_id, split, model, predicted mask (and the truth if known)
-        image_id = item["image_id"]
+    for split, model, image_id, predicted in picked:
         kind = "seg" if cache.has("seg", image_id) else "cls"
         image = cache.load(kind, image_id)
         truth = cache.load("mask", image_id) if cache.has("mask", image_id) else None
-        out.append({**{k: v for k, v in item.items() if k != "predicted"},
-                    "strip": overlay_strip(image, truth, item["predicted"])})
+        out.append({"split": split, "model": model, "image_id": image_id, "strip": overlay_strip(image, truth, predicted)})
     return out
 
 
@@ -170,7 +187,9 @@ def render_html(ctx: dict[str, Any]) -> str:
              " Binary accuracy: p(any) &ge; 0.5.</p>"]
     if not ctx["seg"].empty:
         parts += ["<h2 id='segmentation'>Segmentation (out-of-fold)</h2>",
-                  _table_html(ctx["seg"], SEG_COLUMNS, "data-seg-model", extra=("n_images",))]
+                  _table_html(ctx["seg"], SEG_COLUMNS, "data-seg-model", extra=("n_images",)),
+                  "<p class='note'>Dice / IoU: mean over slices with blood; precision / recall: pixels; "
+                  "baselines (empty, whole brain) on the same images.</p>"]
     if e is not None:
         gain = "; ".join(f"{k.replace('_', ' ')}: {v:+.4f}" for k, v in e["gain"].items()) or "no stacker fitted"
         parts += ["<h2 id='stacking'>Stacking: which ensemble won</h2>",
@@ -233,6 +252,7 @@ def inputs_digest(work: Path) -> str:
     from ichkit.cache import ImageCache
 
     files = [*sorted((work / "oof").glob("*.parquet")), *sorted((work / "seg_oof").glob("*.parquet")),
+             *sorted((work / "seg_test").glob("*/fold*.parquet")),
              work / "stack" / "ensemble.json", ImageCache(work).quarantine_path, work / "table.parquet"]
     h = hashlib.sha256()
     for p in files:
@@ -272,7 +292,7 @@ def build_report(cfg: dict[str, Any], out_dir: Path | None = None) -> dict[str, 
     train = slices[slices["split"] == "train"]
     q = quarantine_summary(work)
     ctx = {
-        "work": work, "ensemble": ensemble, "models": models, "seg": seg_table(work), "winner_row": winner_row,
+        "work": work, "ensemble": ensemble, "models": models, "seg": seg_table(cfg), "winner_row": winner_row,
         "sort": ensemble["select_by"] if ensemble else "balanced_accuracy",
         "subtitle": f"dataset {ds.root} ({ds.layout}); {len(trained)} trained models",
         "cards": {"training images": int((train["status"] == "ok").sum()),
@@ -285,7 +305,7 @@ def build_report(cfg: dict[str, Any], out_dir: Path | None = None) -> dict[str, 
         "recall_fig": figures.recall_figure(recalls),
         "gain_fig": figures.gain_figure({c: s[ensemble["select_by"]] for c, s in ensemble["candidates"].items()},
                                         ensemble["select_by"], ensemble["winner"]) if ensemble else "",
-        "overlays": seg_overlays(work, int(cfg["report"]["overlays"])),
+        "overlays": seg_overlays(cfg, int(cfg["report"]["overlays"])),
         "quarantine": q,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
