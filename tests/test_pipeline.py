@@ -86,3 +86,15 @@ def test_all_makes_demo_data_and_runs_every_stage_then_skips_on_rerun(tmp_path, 
     assert len(same) == 6 * len(sources)
     assert (new.set_index("ID")["Label"].loc[same.index] - same).abs().max() < 1e-6
     assert "predict-bare" in new_sidecar["run_id"]
+
+
+def test_all_trains_registered_models_by_family_and_names_the_rest(capsys):
+    from ichkit.config import load_config
+    from ichkit.pipeline import registered_models, training_stages
+
+    cfg = load_config(None, [])
+    models, skipped = registered_models("lgbm_radiomic, cnn_not_installed,logreg_pixels", cfg)
+    assert models == ["lgbm_radiomic", "logreg_pixels"] and skipped == ["cnn_not_installed"]
+    assert training_stages(models) == [["train", "--model", "lgbm_radiomic,logreg_pixels"]]
+    every, _ = registered_models("all", cfg)
+    assert every == list(cfg["train"]["models"])

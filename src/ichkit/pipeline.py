@@ -1,9 +1,9 @@
 """Stage `all`: the main job. Runs the stages in order through the same CLI a user would type.
 
 demo data (only when the input folder holds no dataset) -> prepare -> folds -> train (every model of
-`train.models` whose family is registered: classical, and the CNN classifiers once their family exists;
-the others are named and skipped) -> segment (the segmentation models of `seg.models`, when that family
-and its stage exist) -> evaluate -> stack (the ensemble choice)
+`--models` / `train.models` whose family is registered: classical, and the CNN classifiers once their
+family exists; the others are named and skipped) -> segment (the segmentation models among them; "all"
+adds `seg.models` when that family's section exists) -> evaluate -> stack (the ensemble choice)
 -> submit (submissions/) -> report (work/report/). Each stage skips work that is already done, so a
 re-run is fast. ``--profile NAME`` sets ``<section>.profile`` of every config section that has one (the
 network families' quick / full budgets). The last lines name every file written.
@@ -60,24 +60,25 @@ def _find_or_make_data(args: argparse.Namespace, cfg: dict) -> tuple[Path, list[
 
 
 def registered_models(requested: str, cfg: dict) -> tuple[list[str], list[str]]:
-    """(models to train, models skipped because their family is not installed) of `--models`."""
+    """(models to train, models skipped because their family is not installed) of `--models`; "all" =
+    train.models plus, where the segmentation family's config section exists, seg.models."""
     from ichkit.models import list_models
 
     names = [n.strip() for n in requested.split(",") if n.strip()]
     if names == ["all"]:
-        names = list(cfg["train"]["models"] or [])
+        names = list(cfg["train"]["models"] or []) + list((cfg.get("seg") or {}).get("models") or [])
     known = set(list_models())
     return [n for n in names if n in known], [n for n in names if n not in known]
 
 
-def segmentation_stage() -> list[list[str]]:
-    """[["segment"]] when the segmentation family and its stage are installed (its models: seg.models)."""
-    from ichkit.cli import STAGES
-    from ichkit.models import FAMILY_MODULES, list_models
+def training_stages(models: list[str]) -> list[list[str]]:
+    """`train` for the classifiers, `segment` (the segmentation family's stage) for segmentation models."""
+    from ichkit.models import get_model_spec
 
-    if "segment" not in STAGES or "seg" not in FAMILY_MODULES or not list_models("seg"):
-        return []
-    return [["segment"]]
+    seg = [m for m in models if get_model_spec(m).family == "seg"]
+    classify = [m for m in models if m not in set(seg)]
+    return ([["train", "--model", ",".join(classify)]] if classify else []) + \
+        ([["segment", "--model", ",".join(seg)]] if seg else [])
 
 
 def files_written(cfg: dict, root: Path) -> list[tuple[str, Path]]:
@@ -129,8 +130,7 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
     stages += [
         ["prepare", "--data", str(root)],
         ["folds"],
-        ["train", "--model", ",".join(models)],
-        *segmentation_stage(),
+        *training_stages(models),
         ["evaluate"],
         ["stack"],
         ["submit"],
