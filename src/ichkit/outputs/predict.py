@@ -12,7 +12,8 @@
   table, features, quarantine: bad files are quarantined, never fatal), every first-level model of the
   ensemble predicts it with each of its fold models (mean over folds), the stacker is applied when it won,
   and the same files as the competition submission are written to DIR (default ``paths.submissions``):
-  RSNA CSV, 7-class CSV and the sidecar, whose run id carries ``predict-<name>``.
+  RSNA CSV, 7-class CSV, the masks / RLE / volumes of `seg.submit_model` when the run trained one
+  (`predict_masks`), and the sidecar, whose run id carries ``predict-<name>``.
 """
 
 from __future__ import annotations
@@ -145,6 +146,36 @@ def predict_model(trained: Path, work: Path, cfg: dict[str, Any], slices: pd.Dat
     return mean_predictions(parts, fold=-1)
 
 
+def predict_masks(trained: Path, work: Path, cfg: dict[str, Any], slices: pd.DataFrame, folds: list[int],
+                  ids: list[str]) -> str | None:
+    """Apply the segmentation model whose masks the submission carries (`seg.submit_model`) to the new
+    images, fold by fold, into ``<work>/seg_test/<model>/fold<k>.parquet``: what the submission writer turns
+    into mask PNGs, the RLE CSV and volumes (`ichkit.outputs.masks`). None (nothing written) where the
+    segmentation family is not installed or that model was not trained in `trained`."""
+    import importlib.util
+
+    from ichkit.engine.driver import fold_dir_of
+    from ichkit.engine.trainer import FoldContext
+    from ichkit.models import get_model_spec
+
+    if not cfg["submit"]["masks"] or "seg" not in cfg or importlib.util.find_spec("ichkit.models.seg.results") is None:
+        return None
+    from ichkit.models.seg import results
+
+    model = cfg["seg"]["submit_model"]
+    if not all((fold_dir_of(trained, model, k)).is_dir() for k in folds):
+        return None
+    spec = get_model_spec(model)
+    for k in folds:
+        ctx = FoldContext(cfg=cfg, work=work, model=model, fold=k, seed=int(cfg["train"]["seed"]), task="seg",
+                          slices=slices, labels=pd.DataFrame())
+        frame = results.validate(spec.trainer.load(fold_dir_of(trained, model, k), ctx).predict(ids),
+                                 f"test masks of {model} fold {k} on {work}")
+        with atomic_path(results.fold_paths(work, model, k)[1]) as tmp:
+            frame.to_parquet(tmp, index=False)
+    return model
+
+
 def data_key(path: Path) -> str:
     path = Path(path).resolve()
     name = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem or "data"
@@ -179,6 +210,10 @@ def predict(data: Path, trained: Path, out_dir: Path | None = None, workers: int
     for m in needed:
         print(f"predict: {m} ({len(folds)} fold models, mean over folds)")
         _write_test(work, m, predict_model(trained, work, cfg, slices, m, folds, ids))
+
+    seg_model = predict_masks(trained, work, cfg, slices, folds, ids)
+    if seg_model:
+        print(f"predict: masks of {seg_model} ({len(folds)} fold models, voted)")
 
     from ichkit.outputs.ensemble import ensemble_test
 
