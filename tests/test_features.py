@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from ichkit import features
 from ichkit.cache import ImageCache
 from ichkit.features import (
     FeatureError,
     FeatureSettings,
+    blood_candidates,
     ensure_features,
     head_masks,
     load_features,
@@ -60,6 +62,26 @@ def test_open_skull_falls_back_to_the_convex_hull():
     assert masks.from_hull
     expected = np.pi * (BRAIN_AXES[0] - 2) * (BRAIN_AXES[1] - 2)
     assert abs(masks.brain.sum() - expected) / expected < 0.1
+
+
+def test_blood_candidates_are_the_hyperdense_brain_components_the_features_count():
+    hu = head_slice("normal", np.random.default_rng(0)).astype(np.float32)
+    brain = head_masks(hu).brain
+    rr, cc = np.mgrid[:256, :256]
+    clot = (rr - 128) ** 2 + (cc - 110) ** 2 <= 36           # 113 px at 60 HU: kept
+    speck = (rr - 100) ** 2 + (cc - 150) ** 2 <= 2            # 9 px: below min_blood_px, dropped
+    calcification = (rr - 150) ** 2 + (cc - 150) ** 2 <= 16   # 49 px at 250 HU: above clot_hu, dropped
+    hu[clot | speck] = 60
+    hu[calcification] = 250
+    outside = (rr < 20) & (cc > 100) & (cc < 140)             # scalp / air region outside the brain
+    hu[outside] = 60
+    mask = blood_candidates(hu, brain, SETTINGS)
+    assert mask.dtype == bool and mask.shape == hu.shape
+    assert mask[clot & brain].mean() > 0.9 and (mask & ~ndimage.binary_dilation(clot, iterations=1)).sum() == 0
+    assert not (mask & ~brain).any()
+    assert not blood_candidates(hu, brain, SETTINGS, min_px=200).any()
+    f = radiomic_features(hu, SETTINGS)
+    assert f["blood_count"] == 1 and f["blood_area_frac"] == pytest.approx(mask.sum() / brain.sum())
 
 
 def test_radiomic_features_are_named_finite_and_zero_without_blood(by_class):
@@ -118,13 +140,13 @@ def small_work(tmp_path: Path):
 
 def _count_computations(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = features._compute_one
+    real = features.pool._compute_one
 
     def counting(work, image_id, settings, sets):
         calls.append(f"{image_id}:{'+'.join(sets)}")
         return real(work, image_id, settings=settings, sets=sets)
 
-    monkeypatch.setattr(features, "_compute_one", counting)
+    monkeypatch.setattr(features.pool, "_compute_one", counting)
     return calls
 
 
@@ -164,7 +186,7 @@ def test_an_interrupted_run_keeps_the_batches_it_finished(small_work, monkeypatc
     assert len(ids) >= 5
     cfg["features"]["save_every"] = 2
     cfg["features"]["workers"] = 1
-    real = features._compute_one
+    real = features.pool._compute_one
     done: list[str] = []
 
     def dies_on_the_fifth(work_, image_id, settings, sets):
@@ -173,13 +195,13 @@ def test_an_interrupted_run_keeps_the_batches_it_finished(small_work, monkeypatc
         done.append(image_id)
         return real(work_, image_id, settings=settings, sets=sets)
 
-    monkeypatch.setattr(features, "_compute_one", dies_on_the_fifth)
+    monkeypatch.setattr(features.pool, "_compute_one", dies_on_the_fifth)
     with pytest.raises(MemoryError):
         ensure_features(work, ids, cfg, progress=False)
     stored = pd.read_parquet(work / "features" / "radiomic.parquet")
     assert sorted(stored["image_id"]) == sorted(ids[:4])  # two saved batches of two
 
-    monkeypatch.setattr(features, "_compute_one", real)  # the machine is back
+    monkeypatch.setattr(features.pool, "_compute_one", real)  # the machine is back
     calls = _count_computations(monkeypatch)
     ensure_features(work, ids, cfg, progress=False)
     assert sorted(c.split(":")[0] for c in calls) == sorted(ids[4:])  # only what was still missing

@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "folds": ("ichkit.folds", "patient-grouped stratified k-folds -> folds/folds.csv"),
     "features": ("ichkit.features", "compute (and cache) per-image pixel and radiomic features"),
     "train": ("ichkit.train", "train a model per fold; write OOF and test predictions"),
+    "segment": ("ichkit.models.seg.run", "train segmentation models per fold: OOF Dice, test masks, volumes"),
     "tune": ("ichkit.tune", "Optuna hyperparameter search on the fold-CV RSNA log loss"),
     "evaluate": ("ichkit.evaluate", "score every model's OOF predictions, best first"),
     "stack": ("ichkit.outputs.ensemble", "LightGBM stacker on the OOF files; compare with the best model and the mean; choose"),

@@ -128,4 +128,7 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
             print(f"\nconfusion matrix of {best} (rows: true class, columns: predicted):")
             print(best_model_confusion(work, best, slices).to_string())
     print(f"\n-> {csv_path}, {md_path}")
+    from ichkit.models.seg.evaluate import print_seg_table  # the segmentation table, when seg models ran
+
+    print_seg_table(cfg)
     return 0

@@ -219,3 +219,73 @@ def score_predictions(y7: ClassLabels, p7: np.ndarray, y6: np.ndarray, p6: np.nd
     }
     scores.update({f"recall_{c}": r for c, r in per_class_recall(y7, p7).items()})
     return {key: scores[key] for key in SCORE_KEYS}
+
+
+# --------------------------------------------------------------------------------------------------
+# segmentation: pixel overlap of a predicted and a true binary mask
+#
+# Conventions: masks are 2-D arrays (nonzero = blood) of one shape. Per image, Dice = 2|P&T| / (|P| + |T|),
+# IoU = |P&T| / |P|T|, precision = |P&T| / |P|, recall = |P&T| / |T|; a ratio whose denominator is 0 is NaN
+# (an empty truth has no recall), except Dice and IoU of two empty masks, which are 1 (a correct "no blood").
+
+
+def mask_counts(pred: np.ndarray, true: np.ndarray) -> tuple[int, int, int]:
+    """(true positives, predicted pixels, true pixels) of one image."""
+    p, t = np.asarray(pred) != 0, np.asarray(true) != 0
+    if p.shape != t.shape:
+        raise ValueError(f"predicted mask {p.shape} and true mask {t.shape} differ in shape")
+    return int(np.count_nonzero(p & t)), int(np.count_nonzero(p)), int(np.count_nonzero(t))
+
+
+def overlap_scores(tp: float, n_pred: float, n_true: float) -> dict[str, float]:
+    """Dice, IoU, precision and recall from pixel counts (per image, or summed over images = pooled)."""
+    nan = float("nan")
+    union = n_pred + n_true - tp
+    empty = n_pred == 0 and n_true == 0
+    return {
+        "dice": 1.0 if empty else 2.0 * tp / (n_pred + n_true),
+        "iou": 1.0 if empty else tp / union,
+        "precision": tp / n_pred if n_pred else nan,
+        "recall": tp / n_true if n_true else nan,
+    }
+
+
+def mask_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Dice, IoU, precision, recall of one predicted mask against its truth."""
+    return overlap_scores(*mask_counts(pred, true))
+
+
+def dice(pred: np.ndarray, true: np.ndarray) -> float:
+    return mask_scores(pred, true)["dice"]
+
+
+def iou(pred: np.ndarray, true: np.ndarray) -> float:
+    return mask_scores(pred, true)["iou"]
+
+
+SEG_SCORE_KEYS: tuple[str, ...] = (
+    "mean_dice", "mean_iou", "pooled_dice", "pixel_precision", "pixel_recall", "normal_fp_rate",
+)
+
+
+def segmentation_summary(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray,
+                         normal: np.ndarray) -> dict[str, float]:
+    """Scores of a set of images from their pixel counts.
+
+    mean_dice / mean_iou: over the images with blood (n_true > 0); pooled_dice, pixel_precision and
+    pixel_recall: from the counts summed over every image; normal_fp_rate: share of `normal` images
+    (no blood) with any predicted pixel.
+    """
+    tp, n_pred, n_true = (np.asarray(a, dtype=np.float64) for a in (tp, n_pred, n_true))
+    normal = np.asarray(normal, dtype=bool)
+    blood = n_true > 0
+    per = [overlap_scores(a, b, c) for a, b, c in zip(tp[blood], n_pred[blood], n_true[blood])]
+    pooled = overlap_scores(tp.sum(), n_pred.sum(), n_true.sum())
+    return {
+        "mean_dice": float(np.mean([s["dice"] for s in per])) if per else float("nan"),
+        "mean_iou": float(np.mean([s["iou"] for s in per])) if per else float("nan"),
+        "pooled_dice": pooled["dice"],
+        "pixel_precision": pooled["precision"],
+        "pixel_recall": pooled["recall"],
+        "normal_fp_rate": float((n_pred[normal] > 0).mean()) if normal.any() else float("nan"),
+    }

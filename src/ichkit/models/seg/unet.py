@@ -1,0 +1,59 @@
+"""The ResNet50 U-Net segmenter: a Keras ResNet50 encoder, a U-Net decoder up to the full input
+resolution, one sigmoid output channel (blood probability per pixel).
+
+Skips are the encoder's stage outputs (conv1_relu 1/2, conv2_block3_out 1/4, conv3_block4_out 1/8,
+conv4_block6_out 1/16; conv5_block3_out 1/32 is the bottleneck). Each decoder step upsamples x2,
+concatenates the skip and applies two 3x3 conv-BN-ReLU; the last step returns to full resolution with no
+skip. `weights="imagenet"` loads the real Keras ImageNet weights (needs the download); the tests and
+the CPU demo use `weights=None`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SKIP_LAYERS: tuple[str, ...] = ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu")
+BOTTLENECK = "conv5_block3_out"
+CAFFE_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
+
+
+def _conv_block(x, filters: int, name: str):
+    import keras
+    from keras import layers
+
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def build_resnet50_unet(size: int, weights: str | None = None,
+                        decoder_filters: Sequence[int] = (256, 128, 64, 32, 16)):
+    """An uncompiled Keras model: (size, size, 3) windows in [0, 1] (what `models.cnn.inputs.CacheSequence`
+    yields) in, (size, size, 1) sigmoid out.
+
+    `size` must be a multiple of 32 (five x2 downsamplings). ResNet50's own preprocessing (caffe: x255,
+    minus the ImageNet channel means) is the model's first layer, so callers never repeat it.
+    """
+    import keras
+    from keras import layers
+
+    if size % 32:
+        raise ValueError(f"resnet50_unet_seg: input size must be a multiple of 32, got {size}")
+    if len(decoder_filters) != 5:
+        raise ValueError(f"decoder_filters needs 5 values (one per x2 step), got {list(decoder_filters)}")
+    inputs = keras.Input((size, size, 3), name="image")
+    # caffe preprocessing of x * 255 as a plain Normalization layer (the saved model needs no Lambda): the
+    # window channels are not RGB, so the BGR flip is left out
+    x = layers.Normalization(mean=[m / 255.0 for m in CAFFE_MEAN], variance=[(1 / 255.0) ** 2] * 3,
+                             name="preprocess")(inputs)
+    encoder = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
+    x = encoder.get_layer(BOTTLENECK).output
+    for i, filters in enumerate(decoder_filters):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{i}_up")(x)
+        if i < len(SKIP_LAYERS):
+            x = layers.Concatenate(name=f"dec{i}_concat")([x, encoder.get_layer(SKIP_LAYERS[i]).output])
+        x = _conv_block(x, filters, f"dec{i}")
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name="resnet50_unet_seg")
