@@ -24,9 +24,26 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 
+# The report's browser test (tests/test_report.py) renders the page in headless chromium (Debian package
+# `chromium`); CI must not skip it, so `test` installs it when it is missing and apt-get can run.
+ensure_browser() {
+  local b
+  for b in chromium chromium-browser google-chrome; do command -v "$b" >/dev/null 2>&1 && return 0; done
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "[run.sh] chromium is missing and apt-get needs root: tests/test_report.py will fail" >&2; return 0; fi
+  fi
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "[run.sh] installing chromium for the report's browser test (apt-get, about a minute)" >&2
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "[run.sh] could not install chromium: tests/test_report.py will fail" >&2
+  fi
+}
+
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 case "${1:-all}" in
-  test)  shift; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)  shift; ensure_browser; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) shift; name=${1:?bench needs a name, e.g. prepare}; shift; exec "$VENV/bin/python" "bench/$name.py" "$@" ;;
   *)     [ $# -gt 0 ] || set -- all; exec "$VENV/bin/python" -m ichkit "$@" ;;
 esac

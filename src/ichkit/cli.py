@@ -26,6 +26,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "segment": ("ichkit.models.seg.run", "train segmentation models per fold: OOF Dice, test masks, volumes"),
     "tune": ("ichkit.tune", "Optuna hyperparameter search on the fold-CV RSNA log loss"),
     "evaluate": ("ichkit.evaluate", "score every model's OOF predictions, best first"),
+    "stack": ("ichkit.outputs.ensemble", "LightGBM stacker on the OOF files; compare with the best model and the mean; choose"),
+    "submit": ("ichkit.outputs.submit", "competition CSVs (RSNA ID,Label and 7-class) + masks + JSON sidecar -> submissions/"),
+    "report": ("ichkit.outputs.report", "self-contained HTML report + Markdown summary -> work/report/"),
+    "predict": ("ichkit.outputs.predict", "apply a trained run's ensemble to new scans (DICOM folder, NIfTI, images)"),
     "all": ("ichkit.pipeline", "the main job: demo data if needed, prepare, folds, train, evaluate"),
 }
 

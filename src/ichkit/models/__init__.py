@@ -22,6 +22,7 @@ from ichkit.errors import IchkitError
 # family -> module that registers its models on import
 FAMILY_MODULES: dict[str, str] = {"classical": "ichkit.models.classical", "cnn": "ichkit.models.cnn",
                                   "seg": "ichkit.models.seg"}
+FAMILY_MODULES["stack"] = "ichkit.models.stack"  # the meta-learner on first-level OOF (ichkit stack)
 
 
 @dataclass(frozen=True)
