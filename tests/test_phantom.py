@@ -304,7 +304,8 @@ def test_volumes_cover_every_study_and_match_the_labels(demo):
     for study, row in volumes.items():
         total = float(row["volume_ml"])
         assert (total > 0.5) == (positives_by_study[study] > 0), (study, total)
-        assert total <= sum(float(row[f"volume_ml_{s}"]) for s in SUBTYPES) + 1e-6
+        # the union is at most the sum of the subtypes (each written with 3 decimals)
+        assert total <= sum(float(row[f"volume_ml_{s}"]) for s in SUBTYPES) + 0.0005 * (len(SUBTYPES) + 1)
         assert total < 200  # mL: a plausible bleed, not a whole hemisphere
 
 
@@ -342,8 +343,10 @@ def test_each_bleed_lies_where_its_subtype_belongs():
         assert mask.sum() > 500, subtype
         in_plane = np.ones((1, 3, 3), dtype=bool)  # grow within each slice, not across slices
         near_bone = (ndimage.binary_dilation(mask, in_plane, iterations=2) & (tissue == Tissue.BONE)).any()
+        # the outline leaves out the rim (<= 3 px) that the blurred skull brightens, so look a little farther
+        against_bone = (ndimage.binary_dilation(mask, in_plane, iterations=5) & (tissue == Tissue.BONE)).any()
         if subtype in ("epidural", "subdural"):
-            assert near_bone, subtype  # against the inner table
+            assert against_bone, subtype  # against the inner table
         if subtype in ("intraparenchymal", "intraventricular"):
             assert not near_bone, subtype
         if subtype == "subarachnoid":
