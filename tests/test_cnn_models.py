@@ -154,3 +154,11 @@ def test_pretrained_encoder_is_frozen_first_then_fine_tuned(tiny, tmp_path):
     np.testing.assert_array_equal(kernels[0], kernel0)           # phase 1: encoder frozen
     assert not np.array_equal(kernels[1], kernel0)               # phase 2: unfrozen after the recompile
     np.testing.assert_array_equal(encoder.get_layer("conv1_bn").moving_mean.numpy(), bn0)  # BN inference mode
+
+
+def test_inner_validation_is_class_balanced_like_the_training_epochs(tiny):
+    labels = tiny[3]
+    ids = labels.index.tolist()
+    balanced = _trainer(tiny, "cnn_baseline", samples_per_class=2, valid_max=7)._valid_ids(ids)
+    assert labels.loc[balanced, "y7"].value_counts().to_dict() == {c: 1 for c in range(7)}
+    assert _trainer(tiny, "cnn_baseline", valid_max=None)._valid_ids(ids) == ids

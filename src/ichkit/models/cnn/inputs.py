@@ -141,8 +141,8 @@ class CacheSequence(PyDataset):
     indices, needed for balanced sampling and class policies); ``targets`` (name -> per-id array);
     ``masks`` (add the ``mask`` target); ``augmenter`` (training only); ``samples_per_class``;
     ``shuffle``; ``seed``; ``windows`` (default: the cache's); ``hu_ids`` (ids whose HU map is real HU,
-    enabling window jitter); ``flip`` (mirror every image left-right: flip TTA at prediction); the rest goes to `keras.utils.PyDataset` (workers, use_multiprocessing,
-    max_queue_size).
+    enabling window jitter); ``flip`` (mirror every image left-right: flip TTA at prediction); the rest
+    goes to `keras.utils.PyDataset` (workers, use_multiprocessing, max_queue_size).
     """
 
     def __init__(self, work: Path | str, ids: Sequence[str], *, size: int, batch_size: int, kind: str = "cls",

@@ -139,7 +139,7 @@ def write_state(fold_dir: Path, state: dict[str, Any]) -> None:
 class CNNTrainer(FoldTrainer):
     """One CNN on one fold. `params` are the model's (None = from the profile); see the module docstring."""
 
-    code_version = "1"
+    code_version = "2"
 
     def __init__(self, spec: Any, params: dict[str, Any], ctx: FoldContext) -> None:
         self.spec, self.params, self.ctx = spec, dict(params), ctx
@@ -176,11 +176,22 @@ class CNNTrainer(FoldTrainer):
         return CacheSequence(self.ctx.work, ids, labels7=y7, targets=targets, **kwargs)
 
     def _valid_ids(self, valid_ids: list[str]) -> list[str]:
+        """The inner-validation images scored each epoch: at most ``valid_max``, class-balanced when the
+        training epochs are (``samples_per_class``), so the validation loss that picks the best epoch and
+        stops early is measured under the same class prior the model is trained on (a normal-heavy
+        validation set would always prefer the untrained epoch-0 model)."""
         cap = self.settings.get("valid_max")
-        if not cap or len(valid_ids) <= cap:
-            return list(valid_ids)
         rng = np.random.default_rng(self.ctx.seed)
-        return sorted(rng.choice(np.asarray(valid_ids, dtype=object), int(cap), replace=False).tolist())
+        ids = np.asarray(valid_ids, dtype=object)
+        if self.settings.get("samples_per_class"):
+            y7 = self.ctx.labels.loc[list(valid_ids), "y7"].to_numpy()
+            classes = np.unique(y7)
+            per_class = max(1, int(cap) // len(classes)) if cap else int(np.bincount(y7).max())
+            picks = [rng.choice(ids[y7 == c], min(per_class, int((y7 == c).sum())), replace=False) for c in classes]
+            return sorted(np.concatenate(picks).tolist())
+        if not cap or len(ids) <= cap:
+            return list(valid_ids)
+        return sorted(rng.choice(ids, int(cap), replace=False).tolist())
 
     # -- model --------------------------------------------------------------------------------------------
     def _channels(self) -> int:
