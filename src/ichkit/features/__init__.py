@@ -23,6 +23,7 @@ from ichkit.features.analysis import (
     HeadMasks,
     blood_candidates,
     brain_mask,
+    composite_hu,
     head_masks,
     radiomic_features,
 )
@@ -32,7 +33,7 @@ from ichkit.features.stage import add_arguments, run
 
 __all__ = [
     "FEATURE_SETS", "FEATURE_VERSION", "PIXEL_PREFIX", "FeatureError", "FeatureSettings", "HeadMasks",
-    "RADIOMIC_DOC", "add_arguments", "blood_candidates", "brain_mask", "ensure_features", "features_dir",
+    "RADIOMIC_DOC", "add_arguments", "blood_candidates", "brain_mask", "composite_hu", "ensure_features", "features_dir",
     "head_masks", "load_features", "pixel_columns", "pixel_features", "radiomic_columns", "radiomic_features",
     "run",
 ]
