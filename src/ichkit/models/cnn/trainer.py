@@ -7,7 +7,8 @@ Per fold, in ``fold_dir`` (``<work>/models/<model>/fold<k>/``):
 - ``backup/<phase>/``: Keras `BackupAndRestore` (weights + optimizer + epoch) so a killed fit resumes at
   the start of the epoch it was in;
 - ``log.csv``: Keras `CSVLogger`, one row per epoch (appended across resumes);
-- ``model.weights.h5`` + ``settings.json``: what `load` rebuilds the fitted model from (`save`).
+- ``model.weights.h5`` + ``settings.json``: what `load` rebuilds the fitted model from (`save`, which then
+  removes the fit's checkpoints and backup: the best epoch's weights are in model.weights.h5).
 
 Phases: with pretrained weights (imagenet or a PATH) phase 1 trains ``freeze_epochs`` with the encoder
 frozen and its BatchNorm in inference mode; phase 2 unfreezes it and recompiles at ``lr *
@@ -308,6 +309,11 @@ class CNNTrainer(FoldTrainer):
     def save(self, fold_dir: Path) -> None:
         fold_dir = Path(fold_dir)
         save_weights_atomic(self.model, fold_dir / MODEL_FILE)
+        # the fit is finished: its checkpoints (~3 x 100-300 MB for the ResNet/Xception models) are no
+        # longer needed for resume, and model.weights.h5 holds the best epoch's weights
+        for done in ("latest.weights.h5", "best.weights.h5"):
+            (fold_dir / done).unlink(missing_ok=True)
+        shutil.rmtree(fold_dir / "backup", ignore_errors=True)
         keep = {k: self.settings[k] for k in ARCH_KEYS if k in self.settings}
         write_text_atomic(fold_dir / SETTINGS_FILE, json.dumps({"model": self.spec.name, **keep}, indent=2))
 
