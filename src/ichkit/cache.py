@@ -15,13 +15,12 @@ grows to hundreds of thousands of entries):
 
 from __future__ import annotations
 
-from ichkit.errors import IchkitError
-
 import json
 from pathlib import Path
 
 import numpy as np
 
+from ichkit.errors import IchkitError
 from ichkit.files import atomic_path
 
 KINDS = {"cls": ".npy", "hu": ".npy", "seg": ".npy", "mask": ".png"}

@@ -23,15 +23,10 @@ prepare's preload, then about 0.1 s per pool); the initializer, its arguments an
 must be importable top-level objects; a script that calls a stage directly needs the usual
 `if __name__ == "__main__":` guard (the workers import the main module). The `ichkit` CLI meets all three.
 
-For the lead (merge): features.py and phantom/dataset.py start their own pools today; switching them is
-`worker_count(cfg[...]["workers"], jobs=...)` for the count and `with process_pool(n, ...) as pool:` in
-place of `ProcessPoolExecutor(...)` / `multiprocessing.get_context().Pool(...)` (`pool.map` and
-`pool.submit` work as before; for `imap_unordered` use `concurrent.futures.as_completed`).
+Users: prepare, features (`ichkit.features.pool`) and the phantom generator (`ichkit.phantom.dataset`).
 """
 
 from __future__ import annotations
-
-from ichkit.errors import IchkitError
 
 import multiprocessing
 import os
@@ -41,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
+
+from ichkit.errors import IchkitError
 
 START_METHOD = "forkserver"
 

@@ -1,9 +1,8 @@
-"""Computing feature sets over many images: one image per task, over a process pool with a progress bar.
-Kept to two small functions so the pool can move to a shared helper without touching the store."""
+"""Computing feature sets over many images: one image per task, over the project's process pool
+(`ichkit.workers`) with a progress bar."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,11 +42,11 @@ def _compute_one(work: str, image_id: str, settings: FeatureSettings, sets: tupl
 
 def compute(work: Path, ids: Sequence[str], settings: FeatureSettings, sets: tuple[str, ...],
              workers: int, chunksize: int, progress: bool, hu_units: bool = True) -> dict[str, pd.DataFrame]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
     from tqdm import tqdm
+
+    from ichkit.workers import process_pool
 
     fn = partial(_compute_one, str(work), settings=settings, sets=sets, hu_units=hu_units)
     bar = tqdm(total=len(ids), desc=f"features ({'+'.join(sets)})", unit="img", disable=not progress)
@@ -57,9 +56,7 @@ def compute(work: Path, ids: Sequence[str], settings: FeatureSettings, sets: tup
             results.append(fn(image_id))
             bar.update()
     else:
-        # forkserver: safe when the parent already runs threads (BLAS, OpenMP in LightGBM)
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with process_pool(workers, preload=("ichkit.features.pool",)) as pool:
             for r in pool.map(fn, ids, chunksize=chunksize):
                 results.append(r)
                 bar.update()
@@ -76,5 +73,7 @@ def compute(work: Path, ids: Sequence[str], settings: FeatureSettings, sets: tup
 
 
 def workers(cfg: dict[str, Any]) -> int:
-    n = int(cfg.get("features", {}).get("workers", 0) or 0)
-    return n if n > 0 else (os.cpu_count() or 1)
+    """Processes for the features stage: `features.workers` through the project's one rule (0 = all cores)."""
+    from ichkit.workers import worker_count
+
+    return worker_count(cfg["features"]["workers"], key="features.workers")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,18 +29,12 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     slices = read_table(work).slices
     ids = slices.loc[slices["status"] == "ok", "image_id"].tolist()
     if not ids:
-        print(f"ichkit features: error: no prepared images in {work}/table.parquet (status ok): "
-              "run `ichkit prepare` first", file=sys.stderr)
-        return 1
+        raise FeatureError(f"no prepared images in {work}/table.parquet (status ok): run `ichkit prepare` first")
     if args.force:
         for s in args.sets:
             (features_dir(work) / f"{s}.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
-    try:
-        frames = ensure_features(work, ids, cfg, args.sets)
-    except (FeatureError, FileNotFoundError) as exc:
-        print(f"ichkit features: error: {exc}", file=sys.stderr)
-        return 1
+    frames = ensure_features(work, ids, cfg, args.sets)
     dt = time.perf_counter() - t0
     for s, df in frames.items():
         print(f"{s}: {df.shape[0]} images x {df.shape[1]} features -> {features_dir(work) / (s + '.parquet')}")

@@ -66,10 +66,10 @@ class SegData:
         the slow part of a threshold segmenter and every fold of every seg model asks for it again)."""
         from ichkit.features import brain_mask
 
-        key = (str(self.cache.root), image_id, self.features.bone_hu, self.features.brain_erode_px)
+        key = (str(self.cache.root), image_id, self.features)
         packed = _BRAINS.get(key)
         if packed is None:
-            b = brain_mask(self.hu(image_id), self.features.bone_hu, self.features.brain_erode_px)
+            b = brain_mask(self.hu(image_id), self.features)
             packed = _BRAINS[key] = (np.packbits(b.ravel()), b.shape)
         bits, shape = packed
         return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
