@@ -1,7 +1,7 @@
 """CNN architectures and the CNN FoldTrainer on a tiny synthetic work folder (weights=None, 32-80 px).
 
-Sized for CI on 2 cores: the smallest legal inputs (ResNet50 32 px, Xception 71 px), batches of 4,
-2 steps per epoch, a 4-filter decoder; the two-phase test swaps the ImageNet ResNet50 for a tiny
+Sized for CI on 2 cores: the smallest legal inputs (ResNet50 32 px, Xception 71 px), batches of 4
+(whole batches: a partial one retraces Keras' step functions), a 4-filter decoder; the two-phase test swaps the ImageNet ResNet50 for a tiny
 stand-in with the same layer names, so the trainer's freeze / fine-tune logic runs end to end in seconds.
 """
 
@@ -149,8 +149,8 @@ def _tiny_resnet50(include_top=False, weights=None, input_shape=None):
     return keras.Model(inputs, x, name="resnet50")
 
 
-def _encoder_state(model) -> dict[str, list[np.ndarray]]:
-    """Every encoder layer's kernel and BatchNorm moving statistics, copied."""
+def _encoder_state(model) -> dict[str, np.ndarray]:
+    """A copy of every encoder weight (kernels, BatchNorm scales and moving statistics) by path."""
     encoder = model.get_layer(nets.ENCODER_NAME)
     return {w.path: np.array(w.numpy()) for w in encoder.weights}
 
