@@ -1,4 +1,9 @@
-"""CNN architectures and the CNN FoldTrainer on a tiny synthetic work folder (weights=None, 32-96 px)."""
+"""CNN architectures and the CNN FoldTrainer on a tiny synthetic work folder (weights=None, 32-80 px).
+
+Sized for CI on 2 cores: the smallest legal inputs (ResNet50 32 px, Xception 71 px), batches of 4
+(whole batches: a partial one retraces Keras' step functions), a 4-filter decoder; the two-phase test swaps the ImageNet ResNet50 for a tiny
+stand-in with the same layer names, so the trainer's freeze / fine-tune logic runs end to end in seconds.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,10 @@ from ichkit.models.cnn.trainer import CNNTrainer, read_state  # noqa: E402
 from ichkit.oof import OOF_COLUMNS  # noqa: E402
 from synthetic_ct import config_for, make_work  # noqa: E402
 
-SMALL_DECODER = (16, 8, 8, 8)
+SMALL_DECODER = (4, 4, 4, 4)
 
 
-@pytest.mark.parametrize("name,sizes", [("resnet50_unet_cls", (64, 96)), ("xception_unet_cls", (72, 96))])
+@pytest.mark.parametrize("name,sizes", [("resnet50_unet_cls", (32, 64)), ("xception_unet_cls", (71, 80))])
 def test_unet_classifiers_use_the_named_skips_and_give_both_heads(name, sizes):
     encoder = {"resnet50_unet_cls": "resnet50", "xception_unet_cls": "xception"}[name]
     skips, bridge = nets.SKIP_LAYERS[encoder]
@@ -43,18 +48,18 @@ def test_unet_classifiers_use_the_named_skips_and_give_both_heads(name, sizes):
 
 
 def test_baseline_and_nine_channel_stem():
-    for size in (64, 96):
+    for size in (32, 48):
         model = nets.build("cnn_baseline", size)
         convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
         dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
         assert len(convs) + len(dense) - 2 == 9          # 7 conv + 2 dense (+ the two output layers)
         assert tuple(model.output["class7"].shape) == (None, 7)
-    stemmed = nets.build("resnet50_unet_cls", 64, channels=9, decoder_filters=SMALL_DECODER)
+    stemmed = nets.build("resnet50_unet_cls", 32, channels=9, decoder_filters=SMALL_DECODER)
     assert stemmed.get_layer("stem_1x1").kernel.shape == (1, 1, 9, 3)
     with pytest.raises(ValueError, match="at least 71"):
         nets.build("xception_unet_cls", 64)
     with pytest.raises(nets.WeightsError, match="no such file"):
-        nets.build("resnet50_unet_cls", 64, weights="/nonexistent/w.weights.h5")
+        nets.build("resnet50_unet_cls", 32, weights="/nonexistent/w.weights.h5")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +77,7 @@ def _trainer(tiny, name: str, **profile) -> CNNTrainer:
     work, cfg, slices, labels = tiny
     cfg = {**cfg, "cnn": {**cfg["cnn"], "profile": "quick",
                           "profiles": {"quick": {**cfg["cnn"]["profiles"]["quick"], "models": {},
-                                                 "size": 32, "batch_size": 8, "valid_max": None, "patience": 0,
+                                                 "size": 32, "batch_size": 4, "valid_max": None, "patience": 0,
                                                  "samples_per_class": None, "decoder_filters": list(SMALL_DECODER),
                                                  **profile}}}}
     ctx = FoldContext(cfg=cfg, work=work, model=name, fold=0, seed=1, task="7class", slices=slices, labels=labels,
@@ -85,7 +90,7 @@ def test_training_reduces_the_loss_and_predicts_the_contract(tiny, tmp_path):
     _, _, slices, labels = tiny
     ids = labels.index.tolist()
     trainer = _trainer(tiny, "cnn_baseline", epochs=5, lr=3e-3)
-    trainer.fit(ids, ids[::3], tmp_path, resume=False)
+    trainer.fit(ids, ids[::7], tmp_path, resume=False)
     log = pd.read_csv(tmp_path / "log.csv")
     assert log["epoch"].tolist() == [0, 1, 2, 3, 4]
     assert log["class7_loss"].iloc[-1] < log["class7_loss"].iloc[0] - 0.05
@@ -118,42 +123,80 @@ def test_a_fold_killed_mid_training_resumes_from_its_last_epoch(tiny, tmp_path):
     first = _trainer(tiny, "cnn_baseline", epochs=4, bn_momentum=0.9)
     first.extra_callbacks = [KillAfter()]
     with pytest.raises(_Interrupt):
-        first.fit(ids, ids[::4], tmp_path, resume=False)
+        first.fit(ids, ids[::7], tmp_path, resume=False)
     assert read_state(tmp_path)["epochs_done"] == 2
     second = _trainer(tiny, "cnn_baseline", epochs=4)
     record = Record()
     second.extra_callbacks = [record]
-    second.fit(ids, ids[::4], tmp_path, resume=True)
+    second.fit(ids, ids[::7], tmp_path, resume=True)
     assert record.begun == [2, 3]                             # not epochs 0 and 1 again
     assert pd.read_csv(tmp_path / "log.csv")["epoch"].tolist() == [0, 1, 2, 3]
     assert read_state(tmp_path)["epochs_done"] == 4
 
 
-def test_pretrained_encoder_is_frozen_first_then_fine_tuned(tiny, tmp_path):
+def _tiny_resnet50(include_top=False, weights=None, input_shape=None):
+    """A stand-in for keras.applications.ResNet50 (same call, same skip/bridge layer names, strides 2..32)."""
+    assert not include_top and weights is None
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(4, 3, strides=2, padding="same", name="conv1_conv")(inputs)
+    x = layers.BatchNormalization(name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    for stage, name in enumerate(["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"], 2):
+        x = layers.Conv2D(4, 3, strides=2, padding="same", name=f"conv{stage}_conv")(x)
+        x = layers.BatchNormalization(name=f"conv{stage}_bn")(x)
+        x = layers.Activation("relu", name=name)(x)
+    return keras.Model(inputs, x, name="resnet50")
+
+
+def _encoder_state(model) -> dict[str, np.ndarray]:
+    """A copy of every encoder weight (kernels, BatchNorm scales and moving statistics) by path."""
+    encoder = model.get_layer(nets.ENCODER_NAME)
+    return {w.path: np.array(w.numpy()) for w in encoder.weights}
+
+
+def test_pretrained_encoder_is_frozen_first_then_fine_tuned(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.applications, "ResNet50", _tiny_resnet50)
     weights = tmp_path / "encoder.weights.h5"
-    nets.build("resnet50_unet_cls", 32, decoder_filters=SMALL_DECODER).get_layer(nets.ENCODER_NAME).save_weights(weights)
+    source = nets.build("resnet50_unet_cls", 32, decoder_filters=SMALL_DECODER).get_layer(nets.ENCODER_NAME)
+    rng = np.random.default_rng(7)
+    for w in source.weights:        # not what a fresh build draws: the load below must really happen
+        low, high = (0.5, 1.5) if w.path.endswith(("gamma", "variance")) else (-0.1, 0.1)
+        w.assign(w.numpy() * 0.5 + rng.uniform(low, high, w.shape).astype(np.float32))
+    source.save_weights(weights)
+    saved = {w.path: np.array(w.numpy()) for w in source.weights}
     trainer = _trainer(tiny, "resnet50_unet_cls", epochs=1, freeze_epochs=1, lr=1e-2)
     trainer.settings["weights"] = str(weights)
     phases = trainer.phases()
     assert [(p[0], p[1], p[2], p[4]) for p in phases] == [("frozen", 0, 1, False), ("finetune", 1, 2, True)]
     assert phases[1][3] == pytest.approx(1e-2 * trainer.settings["finetune_lr_factor"])
-    trainer.model = trainer._build(str(weights))
-    encoder = trainer.model.get_layer(nets.ENCODER_NAME)
-    kernel0 = np.array(encoder.get_layer("conv1_conv").kernel.numpy())
-    bn0 = np.array(encoder.get_layer("conv1_bn").moving_mean.numpy())
-    saved = np.array(keras.models.Model(encoder.input, encoder.outputs).get_layer("conv1_conv").kernel.numpy())
-    np.testing.assert_array_equal(kernel0, saved)
-    x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
-    y = {"class7": np.eye(7, dtype=np.float32)[[0, 1, 5, 6]], "rsna": np.zeros((4, 6), np.float32)}
-    kernels = []
-    for _, _, _, lr, trainable in phases:           # what fit does per phase: set the flag, recompile, train
-        trainer._set_encoder_trainable(trainable)
-        trainer._compile(lr)
-        trainer.model.train_on_batch(x, y)
-        kernels.append(np.array(encoder.get_layer("conv1_conv").kernel.numpy()))
-    np.testing.assert_array_equal(kernels[0], kernel0)           # phase 1: encoder frozen
-    assert not np.array_equal(kernels[1], kernel0)               # phase 2: unfrozen after the recompile
-    np.testing.assert_array_equal(encoder.get_layer("conv1_bn").moving_mean.numpy(), bn0)  # BN inference mode
+
+    class Record(keras.callbacks.Callback):
+        at_start: list[dict] = []
+        after_epoch: list[dict] = []
+
+        def on_train_begin(self, logs=None):           # once per phase: fit recompiles between them
+            self.at_start.append(_encoder_state(self.model))
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.after_epoch.append(_encoder_state(self.model))
+
+    trainer.extra_callbacks = [Record()]
+    ids = tiny[3].index.tolist()[::3]       # 10 images, 7 classes: whole batches of 4 train and validate
+    trainer.fit(ids[:8], ids[-4:], tmp_path / "fold", resume=False)
+    start, (frozen, tuned) = Record.at_start[0], Record.after_epoch
+    assert len(Record.at_start) == 2 and len(Record.after_epoch) == 2
+    assert start.keys() == saved.keys()
+    for path, value in saved.items():
+        np.testing.assert_array_equal(start[path], value, err_msg=path)      # the file's weights were loaded
+        np.testing.assert_array_equal(frozen[path], value, err_msg=path)     # phase 1: encoder frozen
+    kernels = [p for p in saved if p.endswith("kernel")]
+    moving = [p for p in saved if "moving" in p]
+    assert len(kernels) == 5 and len(moving) == 10
+    unchanged = [p for p in kernels if np.array_equal(tuned[p], saved[p])]
+    assert not unchanged                                                     # phase 2: unfrozen by the recompile
+    for p in moving:                                                         # BN in inference mode throughout
+        np.testing.assert_array_equal(tuned[p], saved[p], err_msg=p)
 
 
 def test_inner_validation_is_class_balanced_like_the_training_epochs(tiny):
