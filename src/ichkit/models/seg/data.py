@@ -37,7 +37,7 @@ def truth_kind(slices: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.S
     return kind
 
 
-# (cache root, image id, bone_hu, erode_px) -> packed brain mask: a per-process memo (~8 KB an image)
+# (cache root, image id, feature settings) -> packed brain mask: a per-process memo (~8 KB an image)
 _BRAINS: dict[tuple, tuple[np.ndarray, tuple[int, int]]] = {}
 
 
@@ -66,10 +66,10 @@ class SegData:
         the slow part of a threshold segmenter and every fold of every seg model asks for it again)."""
         from ichkit.features import brain_mask
 
-        key = (str(self.cache.root), image_id, self.features.bone_hu, self.features.brain_erode_px)
+        key = (str(self.cache.root), image_id, self.features)
         packed = _BRAINS.get(key)
         if packed is None:
-            b = brain_mask(self.hu(image_id), self.features.bone_hu, self.features.brain_erode_px)
+            b = brain_mask(self.hu(image_id), self.features)
             packed = _BRAINS[key] = (np.packbits(b.ravel()), b.shape)
         bits, shape = packed
         return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
