@@ -7,8 +7,8 @@ the out-of-fold Dice of every seg model and baseline on the demo.
    and loss, after one warm-up step) and inference images/s (`predict`) of `resnet50_unet_seg` (weights=None),
    each beside the same figure for a plain ResNet50 classifier (GAP head) measured in the same run at
    the same size and batch: the ratio is what the U-Net decoder costs.
-2. Dice: with `--work DIR` (a prepared work folder, e.g. `work` after `bash run.sh`), every model of
-   `seg.models` is run on every fold where its outputs are missing (`ichkit segment`), and the
+2. Dice: with `--work DIR` (a prepared work folder, e.g. `work` after `bash run.sh`), every registered seg
+   model (not only the default `seg.models`) is run on every fold where its outputs are missing (`ichkit segment`), and the
    segmentation table (mean / pooled Dice, pixel precision / recall, normal-slice false-positive rate,
    volume error; empty and all-brain baselines measured on the same images) is reported. Without
    `--work`, the demo phantom is prepared into a temporary folder first (bench/classical.py's cache).
@@ -106,7 +106,9 @@ def dice_table(cfg: dict, work: Path | None) -> tuple[dict, float, str]:
         cfg["paths"]["work"] = str(work)
     try:
         t0 = time.perf_counter()
-        segment(list(cfg["seg"]["models"]), cfg, progress=False)
+        from ichkit.models import list_models
+
+        segment(list_models("seg"), cfg, progress=False)  # every seg model, not only the default seg.models
         seconds = time.perf_counter() - t0
         table = seg_table(cfg)
     finally:

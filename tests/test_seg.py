@@ -1,4 +1,4 @@
-"""Segmentation family: losses, overlap metrics, post-processing, both segmenters through the fold loop
+"""Segmentation family: losses, overlap metrics, post-processing, both segmenters through the fold driver
 on a tiny synthetic work folder (64-px slices with a known blood blob), the held-out fold never seen."""
 
 from __future__ import annotations
@@ -189,6 +189,13 @@ def test_hu_threshold_seg_through_the_folds_and_the_table(seg_work, monkeypatch,
     cfg, slices, folds = seg_work
     calls = _spy_truth(monkeypatch)
     segment(["hu_threshold_seg"], cfg, progress=False)
+    # through the fold driver: an unchanged re-run trains nothing, a changed seg setting retrains every fold
+    calls.clear()
+    segment(["hu_threshold_seg"], cfg, progress=False)
+    assert not calls
+    cfg["seg"]["hu_threshold"]["min_px"] = [4, 8]
+    segment(["hu_threshold_seg"], cfg, progress=False)
+    assert sorted(calls) == [("hu_threshold_seg", k) for k in range(3)]
     for k in range(3):
         c = calls[("hu_threshold_seg", k)]
         heldout = set(folds.loc[folds["fold"] == k, "image_id"])
@@ -241,7 +248,10 @@ def test_resnet50_unet_seg_fold_never_sees_the_heldout_fold(seg_work, monkeypatc
     from ichkit.models.seg.trainers import ResNet50UNetSeg
 
     cfg, slices, folds = seg_work
-    cfg["seg"]["profiles"]["quick"].update(size=32, epochs=2, samples_per_class=1, batch=4)
+    # the smallest legal U-Net (ResNet50 needs 32 px), one epoch of one batch, a tiny decoder, no graph
+    # tracing (tracing the ~500-variable train and predict graphs took minutes on 2 loaded cores)
+    cfg["seg"]["profiles"]["quick"].update(size=32, epochs=1, samples_per_class=1, batch=4, run_eagerly=True,
+                                           decoder_filters=[8, 8, 8, 8, 8])
     cfg["seg"]["postprocess"].update(thresholds=[0.5], min_sizes=[0, 10])
     calls = _spy_truth(monkeypatch)
     segment(["resnet50_unet_seg"], cfg, folds_wanted=[1], progress=False)
@@ -254,7 +264,7 @@ def test_resnet50_unet_seg_fold_never_sees_the_heldout_fold(seg_work, monkeypatc
     assert sorted(oof["image_id"]) == sorted(heldout)
     assert set(oof["mask_height"]) == {SIZE}                   # predictions come back at seg_size
     fold_dir = work / "models" / "resnet50_unet_seg" / "fold1"
-    assert len(pd.read_csv(fold_dir / "log.csv")) == 2 and (fold_dir / "postprocess.json").is_file()
+    assert len(pd.read_csv(fold_dir / "log.csv")) == 1 and (fold_dir / "postprocess.json").is_file()
     # a reloaded fold model predicts what the trained one did
     from ichkit.engine.trainer import FoldContext
 

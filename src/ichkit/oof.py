@@ -223,6 +223,19 @@ def merge(work: Path | str, model: str, folds: pd.DataFrame,
     return oof, test
 
 
+def fold_summary(plan, frame: pd.DataFrame) -> str:
+    """The fold driver's output contract (`ichkit.engine.driver`): the scores line of one held-out fold."""
+    from ichkit.engine.driver import score_frame, score_line
+
+    return score_line(score_frame(plan, frame))
+
+
+def merge_run(plan, run: str) -> tuple[pd.DataFrame, str]:
+    """The fold driver's output contract: merge `run`'s current folds; (merged OOF, its scores line)."""
+    frame, _ = merge(plan.work, run, plan.task_folds(), meta={"task": plan.task, "folds_digest": plan.folds_digest})
+    return frame, fold_summary(plan, frame)
+
+
 def merged_meta(work: Path | str, model: str) -> dict:
     """The merged OOF's sidecar (task, folds digest, ...); {} when absent or unreadable."""
     path = merged_paths(work, model)[0].with_suffix(".json")

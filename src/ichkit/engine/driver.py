@@ -14,8 +14,13 @@ folds.csv the driver
    task per unit with the family's resources); the unit builds the trainer, calls
    ``fit(train_ids, valid_ids, fold_dir, resume)``, ``save(fold_dir)`` and ``predict`` on the held-out and
    test images, and returns the two prediction frames (and, on Ray, the fold folder's files);
-4. writes the parts (`ichkit.oof.write_fold`), then ``fingerprint.json`` last (a part without a matching
-   fingerprint is never taken as done), and merges (`ichkit.oof.merge`) once every fold is current.
+4. writes the parts through the family's output contract (``ModelSpec.outputs``: `ichkit.oof` for the
+   classifiers, `ichkit.models.seg.results` for the segmenters), then ``fingerprint.json`` last (a part
+   without a matching fingerprint is never taken as done), and merges once every fold is current.
+
+An output contract is a module with ``fold_done(work, run, fold)``, ``write_fold(work, run, fold, oof,
+test)`` (validates, then writes atomically), ``fold_summary(plan, frame) -> str`` (the held-out fold's
+scores line) and ``merge_run(plan, run) -> (merged frame, summary line)``.
 
 Folders: ``<work>/models/<run>/fold<k>/`` holds the trainer's files (fitted model or ``latest``/``best``
 checkpoints, ``log.csv``), ``run.json`` (the fingerprint of the run in progress: a killed run with the
@@ -274,11 +279,19 @@ def fold_dir_of(work: Path | str, run: str, fold: int) -> Path:
     return Path(work) / "models" / run / f"fold{int(fold)}"
 
 
-def fold_current(work: Path | str, run: str, fold: int, fingerprint: dict[str, Any]) -> bool:
-    """The fold's parts exist and were made with exactly this fingerprint."""
-    from ichkit.oof import fold_done
+def output_contract(spec) -> Any:
+    """The module that validates, writes and merges `spec`'s fold parts (``ModelSpec.outputs``)."""
+    import importlib
 
-    return fold_done(work, run, fold) and read_fingerprint(fold_dir_of(work, run, fold)) == fingerprint
+    return importlib.import_module(getattr(spec, "outputs", "ichkit.oof"))
+
+
+def fold_current(work: Path | str, run: str, fold: int, fingerprint: dict[str, Any], outputs: Any = None) -> bool:
+    """The fold's parts exist and were made with exactly this fingerprint."""
+    if outputs is None:
+        from ichkit import oof as outputs
+
+    return outputs.fold_done(work, run, fold) and read_fingerprint(fold_dir_of(work, run, fold)) == fingerprint
 
 
 def _setup(specs: list, plan: TrainingPlan, progress: bool) -> None:
@@ -299,7 +312,6 @@ def train_models(names: list[str], cfg: dict[str, Any], folds: list[int] | None 
     """Train `names` on `folds` (all by default) for `task`; return each run's merged OOF (None if incomplete)."""
     from tqdm import tqdm
 
-    from ichkit import oof
     from ichkit.engine.executors import make_executor
     from ichkit.engine.params import check_model_overrides, resolve_params
     from ichkit.models import get_model_spec
@@ -316,8 +328,10 @@ def train_models(names: list[str], cfg: dict[str, Any], folds: list[int] | None 
 
     jobs: list[UnitJob] = []
     fingerprints: dict[str, dict[int, dict[str, Any]]] = {}
+    contracts: dict[str, Any] = {}
     for spec in specs:
         run = run_name(spec.name, plan.task)
+        outputs = contracts[run] = output_contract(spec)
         params, source = resolve_params(spec, cfg, use_tuned)
         print(f"{run}: {spec.description}; params from {source}: {json.dumps(params, sort_keys=True)}", flush=True)
         fingerprints[run] = {}
@@ -328,10 +342,10 @@ def train_models(names: list[str], cfg: dict[str, Any], folds: list[int] | None 
             if k not in fold_ids:
                 continue
             fold_dir = fold_dir_of(plan.work, run, k)
-            if fold_current(plan.work, run, k, fp) and not force:
+            if fold_current(plan.work, run, k, fp, outputs) and not force:
                 print(f"{run} fold {k}: done already (--force to retrain)", flush=True)
                 continue
-            if oof.fold_done(plan.work, run, k) and not force:
+            if outputs.fold_done(plan.work, run, k) and not force:
                 why = "; ".join(changes(read_fingerprint(fold_dir), fp))
                 print(f"{run} fold {k}: retraining, its fingerprint changed: {why}", flush=True)
             in_progress = read_fingerprint(fold_dir, RUN_FILE)
@@ -353,26 +367,26 @@ def train_models(names: list[str], cfg: dict[str, Any], folds: list[int] | None 
         job = by_key[(result.run, result.fold)]
         if result.files is not None:
             _write_files(job.fold_dir, result.files)
-        oof.write_fold(plan.work, result.run, result.fold, result.oof, result.test)
+        outputs = contracts[result.run]
+        outputs.write_fold(plan.work, result.run, result.fold, result.oof, result.test)
         write_fingerprint(job.fold_dir, job.fingerprint)
         (job.fold_dir / RUN_FILE).unlink(missing_ok=True)
-        tqdm.write(f"{result.run} fold {result.fold}: {score_line(score_frame(plan, result.oof))}  "
+        tqdm.write(f"{result.run} fold {result.fold}: {outputs.fold_summary(plan, result.oof)}  "
                    f"(n={len(result.oof)}, {result.seconds:.1f} s)")
         bar.update()
     bar.close()
-    return {run: _merge_if_complete(plan, run, fps) for run, fps in fingerprints.items()}
+    return {run: _merge_if_complete(plan, run, fps, contracts[run]) for run, fps in fingerprints.items()}
 
 
-def _merge_if_complete(plan: TrainingPlan, run: str, fingerprints: dict[int, dict[str, Any]]) -> pd.DataFrame | None:
-    from ichkit import oof
-
-    missing = [k for k, fp in fingerprints.items() if not fold_current(plan.work, run, k, fp)]
+def _merge_if_complete(plan: TrainingPlan, run: str, fingerprints: dict[int, dict[str, Any]],
+                       outputs: Any) -> pd.DataFrame | None:
+    missing = [k for k, fp in fingerprints.items() if not fold_current(plan.work, run, k, fp, outputs)]
     if missing:
         print(f"{run}: folds {missing} not trained yet (or made with other settings); "
               "the merge runs once every fold is current", flush=True)
         return None
-    frame, _ = oof.merge(plan.work, run, plan.task_folds(), meta={"task": plan.task, "folds_digest": plan.folds_digest})
-    print(f"{run} all folds (OOF): {score_line(score_frame(plan, frame))}", flush=True)
+    frame, line = outputs.merge_run(plan, run)
+    print(f"{run} all folds (OOF): {line}", flush=True)
     return frame
 
 
@@ -394,5 +408,5 @@ def evaluate_params(spec, params: dict[str, Any], plan: TrainingPlan, fold: int)
 
 
 __all__ = ["TrainError", "TrainingPlan", "UnitJob", "UnitResult", "make_plan", "run_unit", "train_models",
-           "evaluate_params", "fold_dir_of", "fold_current", "task_scores", "score_line", "FINGERPRINT_FILE",
+           "evaluate_params", "fold_dir_of", "fold_current", "output_contract", "task_scores", "score_line", "FINGERPRINT_FILE",
            "DEFAULT_TASK"]

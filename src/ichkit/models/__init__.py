@@ -38,6 +38,8 @@ class ModelSpec:
     - `num_cpus` / `num_gpus`: one Ray task's resources (GPUs only asked for where the cluster has them).
     - `config_keys`: dotted config keys (or sections) whose values change the outputs (e.g.
       ``prepare.cls_size``); they enter the fold fingerprint.
+    - `outputs`: the module of the family's output contract (validate / write the fold parts, merge them):
+      `ichkit.oof` for classifiers, `ichkit.models.seg.results` for segmenters (see `ichkit.engine.driver`).
     - `setup(cfg, image_ids, feature_sets, progress)`: optional, run once on the driver before any unit
       (the classical family computes the cached features there, with all cores and a progress bar).
     """
@@ -54,6 +56,7 @@ class ModelSpec:
     num_gpus: float = 0.0
     config_keys: tuple[str, ...] = ()
     setup: Callable[..., None] | None = None
+    outputs: str = "ichkit.oof"
 
     @property
     def code_version(self) -> str:

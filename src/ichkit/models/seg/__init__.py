@@ -8,12 +8,10 @@
 Modules: `losses`, `unet` (the network), `data` (truth / brain / HU from the cache; the input images come
 through `ichkit.models.cnn.inputs`), `postprocess` (threshold, min size, brain masking; chosen on the inner
 validation split), `trainers` (the two `FoldTrainer`s), `results` (the seg output contract and files),
-`run` (stage `segment`: the fold loop), `evaluate` (the segmentation table with its baselines).
+`run` (stage `segment`: the engine's fold driver with this family's output contract), `evaluate` (the segmentation table with its baselines).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from ichkit.models import ModelSpec, register
 from ichkit.models.seg.trainers import HUThresholdSeg, ResNet50UNetSeg
@@ -33,17 +31,8 @@ def _no_search(trial) -> dict:
     return {}
 
 
-def make_trainer(name: str, params: dict, ctx):
-    """A fresh trainer of the seg model `name` (what the fold driver's `spec.make_trainer` does)."""
-    from ichkit.models import get_model_spec
-
-    return TRAINERS[name](get_model_spec(name), params, ctx)
-
-
-_SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
 for _name, _trainer in TRAINERS.items():
-    _extra = {"trainer": _trainer} if "trainer" in _SPEC_FIELDS else {}
-    if "config_keys" in _SPEC_FIELDS:
-        _extra["config_keys"] = ("prepare.seg_size", "prepare.cls_size", "features", "seg", "cnn.augment", "cnn.input")
     register(ModelSpec(name=_name, family="seg", features=(), build=_no_estimator, suggest=_no_search,
-                       description=DESCRIPTIONS[_name], **_extra))
+                       description=DESCRIPTIONS[_name], trainer=_trainer, outputs="ichkit.models.seg.results",
+                       config_keys=("prepare.seg_size", "prepare.cls_size", "features", "seg", "cnn.augment",
+                                    "cnn.input")))

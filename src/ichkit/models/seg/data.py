@@ -37,7 +37,7 @@ def truth_kind(slices: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.S
     return kind
 
 
-# (cache root, image id, bone_hu, erode_px) -> packed brain mask: a per-process memo (~8 KB an image)
+# (cache root, image id, feature settings) -> packed brain mask: a per-process memo (~8 KB an image)
 _BRAINS: dict[tuple, tuple[np.ndarray, tuple[int, int]]] = {}
 
 

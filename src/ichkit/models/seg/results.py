@@ -6,7 +6,8 @@ empty), ``area_px`` (mask pixels at seg_size), ``mask_height``, ``mask_width`` a
 (the post-processed mask, `np.packbits` of the row-major flattened 0/1 array; empty bytes for an empty
 mask, so normal slices cost nothing).
 
-Files, per fold k (written by the fold runner, read by `merge`):
+Files, per fold k (written by the fold driver, `ichkit.engine.driver`, through this module's
+``fold_done`` / ``write_fold`` / ``fold_summary`` / ``merge_run``; read by `merge`):
 
 - ``<work>/seg_oof/<model>/fold<k>.parquet``  held-out images of fold k (+ ``fold``)
 - ``<work>/seg_test/<model>/fold<k>.parquet`` every test image, as predicted by fold k's model
@@ -153,6 +154,21 @@ def merge(work: Path | str, model: str, folds: pd.DataFrame, slices: pd.DataFram
     _write(table[list(OOF_COLUMNS) + ["tp_px"]], metrics_path)
     _write(pred.loc[pred["area_px"] > 0, ["image_id", "mask_height", "mask_width", "mask_bits"]], masks_path)
     return table
+
+
+def fold_summary(plan, frame: pd.DataFrame) -> str:
+    """The fold driver's output contract: one line on a held-out fold's predictions (scored at the merge)."""
+    return f"{int((frame['area_px'] > 0).sum())} of {len(frame)} slices with a predicted mask"
+
+
+def merge_run(plan, run: str) -> tuple[pd.DataFrame, str]:
+    """The fold driver's output contract: merge and score `run`'s folds; (per-image OOF table, its line)."""
+    from ichkit.models.seg.data import SegData
+
+    table = merge(plan.work, run, plan.task_folds(), plan.slices, SegData(plan.work, plan.cfg).truth)
+    blood = table[table["truth"] == "mask"]
+    return table, (f"mean Dice {blood['dice'].mean():.3f} on {len(blood)} slices with blood "
+                   f"-> {merged_paths(plan.work, run)[0]}")
 
 
 def read_oof(work: Path | str, model: str) -> pd.DataFrame:

@@ -1,95 +1,35 @@
-"""Stage `segment`: train each seg model per fold, write the seg OOF / test parts, merge and score them.
+"""Stage `segment`: the seg models through the engine's fold driver; merge, score and tabulate them.
 
-For held-out fold k of folds.csv: the other folds' images are split by patient into ``train_ids`` and an
-inner ``valid_ids`` (`ichkit.engine.validation.inner_split`, ``train.inner_valid_fraction``); the trainer gets a `FoldContext` whose labels cover
-those two sets only, fits, saves into ``<work>/models/<model>/fold<k>/`` and predicts the held-out fold
-and the test images (`results` has the file contract). A fold whose two parts exist is skipped (``--force``
-redoes it); ``--fold K`` runs one fold, so folds can run on different machines; once every fold's parts
-are present they are merged into ``<work>/seg_oof/<model>.parquet`` and scored.
-
-This is the seg family's fold loop until the engine's fold driver (``ichkit.engine.driver``) learns the
-seg output contract; the trainers already follow the driver's `FoldTrainer` interface.
+`ichkit.engine.driver.train_models` runs every (model, fold): the patient-grouped inner split of the
+training folds (``train.inner_valid_fraction``), fold fingerprints (a changed ``seg`` / ``prepare`` /
+``features`` setting retrains; an unchanged re-run trains nothing), resume, ``--fold K`` (folds on
+different machines), ``--force`` and ``--executor local|ray``. The seg family's `ModelSpec.outputs`
+(`ichkit.models.seg.results`) writes the parts ``<work>/seg_oof/<model>/fold<k>.parquet`` and
+``<work>/seg_test/<model>/fold<k>.parquet`` and, once every fold is current, merges and scores them into
+``<work>/seg_oof/<model>.parquet`` (+ ``.masks.parquet``). Segmentation runs the 7-class task's images
+(every training image; the inner split is stratified by the 7-class label).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ichkit.engine.trainer import FoldContext
-
-
-def labels_frame(slices: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    """index image_id: y7 (CLASSES7 index) and the RSNA labels, for `ids` only."""
-    from ichkit.labels import CLASS7_INDEX, RSNA_LABELS
-
-    s = slices.set_index("image_id").loc[ids]
-    out = pd.DataFrame({"y7": s["label7"].map(CLASS7_INDEX).astype(int)}, index=pd.Index(ids, name="image_id"))
-    for label in RSNA_LABELS:
-        out[label] = s[label].astype(int).to_numpy()
-    return out
-
-
-def run_fold(model: str, fold: int, cfg: dict[str, Any], slices: pd.DataFrame, folds: pd.DataFrame,
-             force: bool = False, progress: bool = True) -> float:
-    """Train and predict one (model, fold); returns the seconds taken (0 when already done)."""
-    from ichkit.engine.validation import inner_split
-    from ichkit.models.seg import make_trainer, results
-
-    work = Path(cfg["paths"]["work"])
-    if results.fold_done(work, model, fold) and not force:
-        return 0.0
-    t0 = time.perf_counter()
-    seed = int(cfg["train"]["seed"])
-    rest = folds[folds["fold"] != fold]
-    target = slices.set_index("image_id").loc[rest["image_id"], "label7"].to_numpy()
-    # the engine's inner split (patient-grouped, stratified, seeded by fold), as the driver makes it
-    train_ids, valid_ids = inner_split(rest["image_id"].to_numpy(), rest["patient_id"].to_numpy(), target,
-                                       float(cfg["train"]["inner_valid_fraction"]), seed=seed * 1000 + fold)
-    heldout = folds.loc[folds["fold"] == fold, "image_id"].tolist()
-    test_ids = slices.loc[(slices["split"] == "test") & (slices["status"] == "ok"), "image_id"].tolist()
-    ctx = FoldContext(cfg=cfg, work=work, model=model, fold=fold, seed=seed, task="seg", slices=slices,
-                      labels=labels_frame(slices, train_ids + valid_ids), progress=progress)
-    fold_dir = work / "models" / model / f"fold{fold}"
-    trainer = make_trainer(model, {}, ctx)
-    trainer.fit(train_ids, valid_ids, fold_dir, resume=not force)
-    trainer.save(fold_dir)
-    results.write_fold(work, model, fold, trainer.predict(heldout), trainer.predict(test_ids))
-    return time.perf_counter() - t0
+from ichkit.engine.executors import EXECUTORS
 
 
 def segment(models: list[str], cfg: dict[str, Any], folds_wanted: list[int] | None = None, force: bool = False,
-            progress: bool = True) -> dict[str, pd.DataFrame]:
+            progress: bool = True, executor: str | None = None, ray_address: str | None = None) -> dict[str, pd.DataFrame]:
     """Run `models` on the folds; returns the merged per-image OOF tables of the models now complete."""
-    from ichkit.folds import read_folds
-    from ichkit.models.seg import results
-    from ichkit.models.seg.data import SegData
-    from ichkit.table import read_table
+    from ichkit.engine.driver import train_models
+    from ichkit.engine.tasks import DEFAULT_TASK
 
-    work = Path(cfg["paths"]["work"])
-    slices = read_table(work).slices
-    folds = read_folds(Path(cfg["paths"]["folds"]), slices)
-    all_folds = sorted(int(k) for k in folds["fold"].unique())
-    wanted = all_folds if folds_wanted is None else folds_wanted
-    merged = {}
-    data = SegData(work, cfg)
-    for model in models:
-        for k in wanted:
-            seconds = run_fold(model, k, cfg, slices, folds, force, progress)
-            note = "done already" if seconds == 0 else f"{seconds:.1f} s"
-            print(f"{model} fold {k}: {note}", flush=True)
-        if all(results.fold_done(work, model, k) for k in all_folds):
-            merged[model] = results.merge(work, model, folds, slices, data.truth)
-            m = merged[model]
-            blood = m[m["true_area_px"] > 0]
-            print(f"{model}: OOF mean Dice on {len(blood)} slices with blood {blood['dice'].mean():.3f} "
-                  f"-> {results.merged_paths(work, model)[0]}", flush=True)
-    return merged
+    merged = train_models(models, cfg, folds=folds_wanted, force=force, executor=executor, ray_address=ray_address,
+                          task=DEFAULT_TASK, progress=progress)
+    return {run: table for run, table in merged.items() if table is not None}
 
 
 def model_list(requested: str, cfg: dict[str, Any]) -> list[str]:
@@ -107,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="all", help="seg model(s), comma list, or 'all' = seg.models")
     parser.add_argument("--fold", type=int, action="append", default=None, help="only this fold (repeatable)")
     parser.add_argument("--force", action="store_true", help="retrain folds whose outputs exist")
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="where the (model, fold) units run (default: train.executor)")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster address (with --executor ray)")
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
@@ -116,7 +59,7 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
     try:
         models = model_list(args.model, cfg)
-        segment(models, cfg, args.fold, args.force)
+        segment(models, cfg, args.fold, args.force, executor=args.executor, ray_address=args.ray_address)
         print_seg_table(cfg)
     except (ValueError, FileNotFoundError, FoldsError, SegResultError) as exc:
         print(f"ichkit segment: error: {exc}", file=sys.stderr)

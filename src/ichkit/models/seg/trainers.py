@@ -159,7 +159,10 @@ class ResNet50UNetSeg(FoldTrainer):
         p = self.params
         weights = p["weights"] if p["weights"] not in (None, "none", "null") else None
         model = build_resnet50_unet(int(p["size"]), weights=weights, decoder_filters=p["decoder_filters"])
-        model.compile(optimizer=keras.optimizers.Adam(float(p["lr"])), loss=get_loss(p["loss"]))
+        # run_eagerly skips tracing the ~500-variable train / predict graphs (minutes on 2 loaded cores):
+        # quicker for a step or two (tests, debugging), slower per step for a real training run
+        model.compile(optimizer=keras.optimizers.Adam(float(p["lr"])), loss=get_loss(p["loss"]),
+                      run_eagerly=bool(p["run_eagerly"]))
         return model
 
     def _sequence(self, ids: list[str], train: bool):
