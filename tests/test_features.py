@@ -69,13 +69,58 @@ def test_a_gap_in_the_skull_is_closed_by_a_wider_closing_before_the_hull():
     assert f["brain_mask_closing"] == masks.closing_px and f["brain_mask_from_hull"] == 0
 
 
-def test_open_skull_falls_back_to_the_convex_hull():
-    hu = head_slice("normal", np.random.default_rng(0)).copy()
-    hu[:, 108:148][hu[:, 108:148] >= 300] = 30  # a 40-px gap at the front and back: no closing bridges it
+def _open_ring(case: str) -> np.ndarray:
+    """A slice whose skull ring no closing bridges, as at the skull base, the vertex or over a craniotomy."""
+    hu = head_slice("normal", np.random.default_rng(0)).astype(np.float32)
+    rr, cc = np.mgrid[0:256, 0:256]
+    if case == "vertex":  # the skull cut tangentially: a solid bone plate under the scalp, no brain
+        hu[(hu > -500)] = 30.0
+        hu[((rr - 128) / 60.0) ** 2 + ((cc - 128) / 50.0) ** 2 <= 1] = 1200.0
+        return hu
+    band = slice(108, 148) if case == "craniotomy" else slice(100, 156)
+    cut = hu[:, band]
+    cut[cut >= 300] = 30.0  # the bone is gone front and back: scalp lies on the brain there
+    # the CT table under the head, bone-dense, separated from it by air
+    hu[(np.hypot(rr - 60, cc - 128) >= 190) & (np.hypot(rr - 60, cc - 128) <= 193) & (rr > 200)] = 1200.0
+    if case == "skull_base":
+        for c0 in (100, 156):  # air sinuses lined by bone partial volume, and a petrous ridge
+            d = np.hypot(rr - 70, cc - c0)
+            hu[d <= 13] = 150.0
+            hu[d <= 10] = -1000.0
+        hu[(np.abs(rr - 150) <= 3) & (np.abs(cc - 128) <= 40)] = 200.0
+    return hu
+
+
+@pytest.mark.parametrize("case", ["craniotomy", "skull_base", "vertex"])
+def test_an_open_skull_ring_keeps_the_mask_to_brain_tissue_without_the_hull(case):
+    hu = _open_ring(case)
     masks = head_masks(hu, SETTINGS)
-    assert masks.from_hull and masks.closing_px == 0
-    expected = np.pi * (BRAIN_AXES[0] - 2) * (BRAIN_AXES[1] - 2)
-    assert abs(masks.brain.sum() - expected) / expected < 0.1
+    assert not masks.from_hull and masks.closing_px == 0
+    if case == "vertex":
+        assert masks.path == "no_brain" and masks.brain.sum() < SETTINGS.min_brain_px
+        return
+    assert masks.path == "soft_tissue"
+    brain_hu = hu[masks.brain]
+    assert brain_hu.min() >= SETTINGS.csf_hu[0] and brain_hu.max() <= SETTINGS.clot_hu[1], "bone, partial volume or air"
+    inner = ((np.mgrid[0:256, 0:256][0] - 128) / BRAIN_AXES[0]) ** 2 + ((np.mgrid[0:256, 0:256][1] - 128) / BRAIN_AXES[1]) ** 2 <= 1
+    # only along the hull's chord across the gap does a sliver of scalp stay in (under 1.5% of the mask)
+    assert (masks.brain & ~inner).sum() < 0.015 * masks.brain.sum(), "the mask reaches into the scalp"
+    expected = (inner & (hu >= SETTINGS.csf_hu[0]) & (hu <= SETTINGS.clot_hu[1])).sum()
+    assert abs(masks.brain.sum() - expected) / expected < 0.12
+    f = radiomic_features(hu, SETTINGS)
+    assert f["brain_mask_soft_fill"] == 1 and f["brain_mask_from_hull"] == 0 and f["brain_mask_closing"] == 0
+
+
+def test_the_brain_mask_report_counts_each_path():
+    from ichkit.features.stage import brain_mask_report
+
+    rows = [radiomic_features(head_slice("normal", np.random.default_rng(0)), SETTINGS)]
+    rows += [radiomic_features(_open_ring(c), SETTINGS) for c in ("craniotomy", "vertex")]
+    no_skull = np.full((256, 256), 35.0, dtype=np.float32)  # no bone at all: only the hull-like guess is left
+    rows.append(radiomic_features(no_skull, SETTINGS))
+    report = brain_mask_report(pd.DataFrame(rows), load_config())
+    assert ("skull closed at 3 px on 25.0%, by a wider closing on 0.0%, soft-tissue fill of an open ring on 25.0%, "
+            "no brain in view on 25.0%, convex-hull fallback on 25.0% of 4 slices") in report, report
 
 
 def test_rendered_windows_give_a_brain_mask_from_the_bone_channel():

@@ -37,44 +37,85 @@ def _large_components(mask: np.ndarray, min_fraction: float = 0.0) -> np.ndarray
 class HeadMasks:
     """Masks of one slice: `intracranial` (inside the skull), `head` (skull + inside), `brain` (eroded).
 
-    `closing_px` is the closing radius that closed the skull ring (px at this image's size; the first of
-    `features.skull_close_px` on an intact mid-level slice, a wider one at the skull base / vertex or over
-    a gap); `from_hull` is the last resort where no radius closed it: the convex hull of the bone, which
-    takes in bone partial volume, sinuses and scalp."""
+    `path` says how the mask was made: `closed` (a closing of `features.skull_close_px` closed the skull
+    ring; `closing_px` is its radius in px at this image's size, the first on an intact mid-level slice,
+    a wider one over a gap), `soft_tissue` (the ring stays open, at the skull base / vertex or over a
+    craniotomy: the brain-density tissue inside the bone's convex hull, cut loose from the scalp and
+    sinuses), `hull` (the last resort: everything inside the bone's convex hull, which takes in bone
+    partial volume, sinuses and scalp) or `no_brain` (neither finds `min_brain_px` of brain: a solid bone
+    plate at the vertex, the mask is all but empty). `from_hull` is true for `hull` only."""
 
     intracranial: np.ndarray
     head: np.ndarray
     brain: np.ndarray
     from_hull: bool
     closing_px: int = 0
+    path: str = "closed"
+
+
+def _head_region(hu: np.ndarray) -> np.ndarray:
+    """The head: the largest body of non-air pixels, holes filled (the CT table and headrest, separated from
+    the head by air, fall outside it)."""
+    from scipy import ndimage as ndi
+
+    return ndi.binary_fill_holes(_large_components(hu > -200))
+
+
+def _soft_tissue_fill(hu: np.ndarray, bone: np.ndarray, hull: np.ndarray, settings: FeatureSettings,
+                      scale: float) -> np.ndarray:
+    """The intracranial region of a slice whose skull ring does not close: inside the bone's convex hull,
+    not bone, HU in the brain's range (CSF to clotted blood: no air, fat, bone partial volume), opened by
+    the first closing radius so that thin bridges through the gap (scalp, sinus mucosa) break off, and the
+    compartments of at least `min_compartment` of the image kept; only pinholes are filled (the sinuses and
+    bone ridges it wraps around, and calcifications, stay out)."""
+    from scipy import ndimage as ndi
+
+    r = max(1, int(round(settings.skull_close_px[0] * scale)))
+    soft = hull & ~bone & (hu >= settings.csf_hu[0]) & (hu <= settings.clot_hu[1])
+    soft = ndi.binary_opening(soft, structure=_disk(r))
+    if not soft.any():
+        return soft
+    kept = _large_components(soft, settings.min_compartment)
+    # fill pinholes (noise below the CSF limit) but not the sinuses or bone ridges the region wraps around
+    holes, n = ndi.label(ndi.binary_fill_holes(kept) & ~kept)
+    if n:
+        small = np.bincount(holes.ravel()) <= _disk(r).sum()
+        small[0] = False
+        kept = kept | small[holes]
+    return kept
 
 
 def head_masks(hu: np.ndarray, settings: FeatureSettings) -> HeadMasks:
     """Find the skull and the region it encloses.
 
-    Threshold bone (`bone_hu`), close small gaps (sutures, partial volume after resizing), fill holes, drop
-    the bone and air (sinuses), keep the compartments covering at least `min_compartment` of the image (at
-    the skull base the anterior, middle and posterior fossae are separate; the orbits are smaller and drop
-    out). A ring that does not close (thin slices at the vertex and skull base, foramen magnum, a
-    craniotomy) encloses next to nothing; wider closings (`skull_close_px`, scaled from 256 px to this
-    image) are tried in turn before the convex hull of the bone stands in. The brain mask is the
-    intracranial region eroded by `brain_erode_px`, which keeps skull partial volume (it looks like blood) out.
+    Threshold bone (`bone_hu`) inside the head (not the CT table), close small gaps (sutures, partial
+    volume after resizing), fill holes, drop the bone and air (sinuses), keep the compartments covering at
+    least `min_compartment` of the image (at the skull base the anterior, middle and posterior fossae are
+    separate; the orbits are smaller and drop out). A ring that does not close (thin slices at the vertex
+    and skull base, foramen magnum, a craniotomy) encloses next to nothing; wider closings
+    (`skull_close_px`, scaled from 256 px to this image) are tried in turn, then the brain-density tissue
+    inside the bone's convex hull (`_soft_tissue_fill`), before the whole convex hull stands in. The brain
+    mask is the intracranial region eroded by `brain_erode_px`, which keeps skull partial volume (it looks
+    like blood) out.
     """
     from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
     scale = hu.shape[0] / 256.0
     erode_px = max(0, int(round(settings.brain_erode_px * scale))) if settings.brain_erode_px else 0
-    bone = hu >= settings.bone_hu
+
+    def erode(region: np.ndarray) -> np.ndarray:
+        return ndi.binary_erosion(region, structure=_disk(erode_px)) if erode_px > 0 else region
+
     tissue = hu > -100
+    bone = (hu >= settings.bone_hu) & _head_region(hu)
     if not bone.any():
         # no skull in view: the largest soft-tissue region is the best guess
         intracranial = ndi.binary_fill_holes(_large_components(tissue))
-        brain = ndi.binary_erosion(intracranial, structure=_disk(erode_px)) if erode_px > 0 else intracranial
-        return HeadMasks(intracranial=intracranial, head=intracranial, brain=brain, from_hull=True)
+        return HeadMasks(intracranial=intracranial, head=intracranial, brain=erode(intracranial),
+                         from_hull=True, path="hull")
     rows, cols = np.nonzero(bone)
     box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    found = None
     for radius in settings.skull_close_px:
         r = max(1, int(round(radius * scale)))
         # pad so a closing near the border does not glue the skull to the image edge
@@ -83,18 +124,20 @@ def head_masks(hu: np.ndarray, settings: FeatureSettings) -> HeadMasks:
         inside = head & ~closed & tissue
         # a closed skull ring encloses ~half of its bounding box or more; an open one next to nothing
         if inside.sum() >= settings.closed_skull_fill * box_area:
-            found = (closed, head, inside, r)
-            break
-    from_hull = found is None
-    if found is None:
-        closed = ndi.binary_closing(bone, structure=_disk(max(1, int(round(settings.skull_close_px[0] * scale)))))
-        head = convex_hull_image(closed)
-        inside, r = head & ~closed & tissue, 0
-    else:
-        closed, head, inside, r = found
-    intracranial = ndi.binary_fill_holes(_large_components(inside, settings.min_compartment))
-    brain = ndi.binary_erosion(intracranial, structure=_disk(erode_px)) if erode_px > 0 else intracranial
-    return HeadMasks(intracranial=intracranial, head=head, brain=brain, from_hull=from_hull, closing_px=r)
+            intracranial = ndi.binary_fill_holes(_large_components(inside, settings.min_compartment))
+            return HeadMasks(intracranial=intracranial, head=head, brain=erode(intracranial),
+                             from_hull=False, closing_px=r)
+    closed = ndi.binary_closing(bone, structure=_disk(max(1, int(round(settings.skull_close_px[0] * scale)))))
+    head = convex_hull_image(closed)
+    intracranial = _soft_tissue_fill(hu, closed, head, settings, scale)
+    brain = erode(intracranial)
+    if brain.sum() >= settings.min_brain_px:
+        return HeadMasks(intracranial=intracranial, head=head, brain=brain, from_hull=False, path="soft_tissue")
+    hull_region = ndi.binary_fill_holes(_large_components(head & ~closed & tissue, settings.min_compartment))
+    hull_brain = erode(hull_region)
+    if hull_brain.sum() < settings.min_brain_px:  # a solid bone plate (vertex): no brain on this slice
+        return HeadMasks(intracranial=intracranial, head=head, brain=brain, from_hull=False, path="no_brain")
+    return HeadMasks(intracranial=hull_region, head=head, brain=hull_brain, from_hull=True, path="hull")
 
 
 def brain_mask(hu: np.ndarray, settings: FeatureSettings) -> np.ndarray:
@@ -247,6 +290,7 @@ def radiomic_features(hu: np.ndarray, settings: FeatureSettings) -> dict[str, fl
     cols = radiomic_columns(settings)
     f: dict[str, float] = dict.fromkeys(cols, 0.0)
     f["brain_mask_from_hull"] = float(masks.from_hull)
+    f["brain_mask_soft_fill"] = float(masks.path == "soft_tissue")
     f["brain_mask_closing"] = float(masks.closing_px) / (hu.shape[0] / 256.0)
     n_brain = int(brain.sum())
     f["brain_area_frac"] = n_brain / brain.size

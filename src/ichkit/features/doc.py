@@ -9,10 +9,14 @@ from ichkit.features.settings import FeatureSettings
 RADIOMIC_DOC: dict[str, tuple[str, str]] = {
     "brain_area_frac": ("intracranial mask area / image area",
                         "slice level: small near the vertex and skull base, large at the ventricles"),
-    "brain_mask_from_hull": ("1 if no closing (features.skull_close_px) closed the skull and the mask came from "
-                             "its convex hull", "flags skull-base / vertex slices where the mask is less reliable"),
-    "brain_mask_closing": ("closing radius (px at 256) that closed the skull ring; 0 for the hull fallback",
+    "brain_mask_from_hull": ("1 if neither a closing (features.skull_close_px) nor the soft-tissue fill made the "
+                             "mask and it came from the skull's convex hull",
+                             "flags the rare slices where the mask takes in bone, sinuses and scalp"),
+    "brain_mask_closing": ("closing radius (px at 256) that closed the skull ring; 0 where none did",
                            "a wider radius = an open ring: skull base, vertex, sutures, a craniotomy"),
+    "brain_mask_soft_fill": ("1 if the skull ring stayed open and the mask is the brain-density tissue (features.csf_hu "
+                             "low to clot_hu high) inside the bone's convex hull, cut loose from scalp and sinuses",
+                             "flags skull-base / vertex / craniotomy slices, where the mask is less certain"),
     "hu_mean": ("mean HU inside the brain", "global density shift: diffuse blood or oedema"),
     "hu_std": ("HU standard deviation inside the brain", "heterogeneity: clots add a bright mode"),
     "csf_frac": ("fraction of brain pixels in the CSF range (features.csf_hu)",

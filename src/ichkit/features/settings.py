@@ -9,7 +9,7 @@ from typing import Any
 from ichkit.errors import IchkitError
 
 # Bump when the definition of any feature changes: cached files computed by older code are then redone.
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 FEATURE_SETS: tuple[str, ...] = ("pixels", "radiomic")
 PIXEL_PREFIX = "px_"
 

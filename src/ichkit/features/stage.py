@@ -46,10 +46,16 @@ def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
 
 def brain_mask_report(radiomic: "pd.DataFrame", cfg: dict[str, Any]) -> str:
     """How each slice's brain mask was made: the skull closed by the first closing radius, by a wider one
-    (skull base, vertex, sutures), or the convex-hull fallback."""
+    (sutures, gaps), the soft-tissue fill of an open ring (skull base, vertex, craniotomy), no brain in view
+    (a solid bone plate), or the convex-hull fallback."""
     first = float(cfg["features"]["skull_close_px"][0])
     n = max(len(radiomic), 1)
-    hull = int((radiomic["brain_mask_from_hull"] > 0).sum())
-    wider = int(((radiomic["brain_mask_closing"] > first) & (radiomic["brain_mask_from_hull"] == 0)).sum())
-    return (f"brain mask: skull closed at {first:g} px on {(n - hull - wider) / n:.1%}, by a wider closing on "
-            f"{wider / n:.1%}, convex-hull fallback on {hull / n:.1%} of {len(radiomic)} slices")
+    hull = radiomic["brain_mask_from_hull"] > 0
+    soft = radiomic["brain_mask_soft_fill"] > 0
+    closing = radiomic["brain_mask_closing"]
+    counts = {"skull closed at %g px" % first: int(((closing > 0) & (closing <= first)).sum()),
+              "by a wider closing": int((closing > first).sum()),
+              "soft-tissue fill of an open ring": int(soft.sum()),
+              "no brain in view": int(((closing == 0) & ~soft & ~hull).sum()),
+              "convex-hull fallback": int(hull.sum())}
+    return "brain mask: " + ", ".join(f"{k} on {v / n:.1%}" for k, v in counts.items()) + f" of {len(radiomic)} slices"

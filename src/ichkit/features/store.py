@@ -73,7 +73,7 @@ def has_hounsfield_units(work: Path | str) -> bool:
 def _check_rendered_masks(work: Path, radiomic: pd.DataFrame) -> None:
     """A rendered dataset whose bone window does not show a closed skull on most slices gives meaningless
     radiomic numbers (the mask would take in skull, captions and background): refuse it."""
-    closed = float((radiomic["brain_mask_from_hull"] == 0).mean()) if len(radiomic) else 0.0
+    closed = float((radiomic["brain_mask_closing"] > 0).mean()) if len(radiomic) else 0.0
     if closed < MIN_CLOSED_SKULL_SHARE:
         raise FeatureError(f"{work}: the images are rendered windows without Hounsfield units, and the bone-window "
                            f"channel closes the skull on only {closed:.0%} of {len(radiomic)} slices (need "
