@@ -294,10 +294,15 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
                 results.append(generate_patient(plan))
                 bar.update()
         else:
+            # patients scanned twice first, so that no long patient is left alone at the end; the results
+            # are put back in plan order (each patient depends on its own seed only)
+            order = sorted(range(len(plans)), key=lambda i: -len(plans[i].studies))
+            by_index: dict[int, PatientResult] = {}
             with multiprocessing.get_context().Pool(workers) as pool:
-                for result in pool.imap(generate_patient, plans, chunksize=1):
-                    results.append(result)
+                for i, result in zip(order, pool.imap(generate_patient, [plans[i] for i in order], chunksize=1)):
+                    by_index[i] = result
                     bar.update()
+            results = [by_index[i] for i in range(len(plans))]
 
     slices = [s for r in results for s in r.slices]
     studies = [s for r in results for s in r.studies]
