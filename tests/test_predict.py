@@ -17,10 +17,12 @@ def test_bare_dicom_folder_is_all_test_with_ids_from_file_names(tmp_path):
     (tmp_path / "_private").mkdir()
     write_ct(tmp_path / "_private" / "ID_skip.dcm", pixels)
     ds = unlabelled_dataset(tmp_path)
-    assert ds.layout == "dicom folder"
+    assert ds.layout == "dicoms"
     assert sorted(ds.slices["image_id"]) == ["ID_one", "ID_scan2"]
     assert set(ds.slices["split"]) == {"test"} and set(ds.slices["source"]) == {"dicom"}
     assert ds.slices["any"].isna().all()
+    one = unlabelled_dataset(tmp_path / "b" / "scan2")  # one DICOM file
+    assert one.root == tmp_path / "b" and one.slices["path"].tolist() == ["scan2"]
 
 
 def test_nifti_volume_gives_one_test_slice_per_frame(tmp_path):

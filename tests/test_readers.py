@@ -576,6 +576,31 @@ def test_detect_layout_and_find_dataset(tmp_path):
 
 
 
+def test_dicoms_layout_finds_files_without_a_suffix_by_the_preamble(tmp_path):
+    from ct_files import head_pixels
+
+    from ichkit.readers import dicoms
+
+    root = tmp_path / "export"
+    px = head_pixels(64)
+    write_dicom(root / "series1" / "IM0001", px)                # no suffix (a PACS / CD export)
+    write_dicom(root / "series2" / "IM0001", px)                # the same name in another series
+    write_dicom(root / "series2" / "1.2.840.99.7", px)          # named by its UID
+    (root / "series2" / "DICOMDIR.txt").write_bytes(bytes(128) + b"DICM")  # another suffix: never opened
+    (root / "README").write_text("exported from PACS")         # no suffix, no preamble: not a DICOM
+    write_dicom(root / "_trash" / "IM0009", px)                 # private folder: skipped
+    write_dicom(root / "series1" / ".IM0008", px)               # hidden file: skipped
+    assert readers.detect_layout(root) == "dicoms"
+    ds = readers.read_dataset(root)
+    assert ds.layout == "dicoms" and (ds.slices["split"] == "test").all()
+    assert dict(zip(ds.slices["image_id"], ds.slices["path"])) == {
+        "ID_series1_IM0001": "series1/IM0001", "ID_series2_IM0001": "series2/IM0001",
+        "ID_1.2.840.99.7": "series2/1.2.840.99.7"}
+    loaded = readers.load_slice(ds.slices.iloc[0], root)
+    assert loaded.pixels.shape == (64, 64)  # loads like any DICOM
+    assert not dicoms.is_dicom_file(root / "README") and not dicoms.is_dicom_file(root / "missing")
+
+
 def test_an_images_folder_with_binary_labels(tmp_path):
     from PIL import Image
 

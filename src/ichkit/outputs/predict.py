@@ -2,9 +2,10 @@
 
 ``ichkit predict --data PATH --models WORK [--out DIR]``
 
-- PATH: a folder of DICOM files (any names; ``*.dcm`` or files with the DICOM preamble), a NIfTI volume
-  (``.nii`` / ``.nii.gz``) or a folder of them, or a folder of PNG/JPG slices (`unlabelled_dataset`);
-  every slice is a test image. A labelled dataset layout works too: its slices are all predicted.
+- PATH: a folder of DICOM files (any names; ``*.dcm`` or files with the DICOM preamble: the readers'
+  ``dicoms`` layout), a NIfTI volume (``.nii`` / ``.nii.gz``) or a folder of them, or a folder of PNG/JPG
+  slices (`unlabelled_dataset`); every slice is a test image. A labelled dataset layout works too: its
+  slices are all predicted.
 - WORK: the work folder of a trained run (the one `ichkit stack` wrote ``stack/ensemble.json`` into); its
   settings (windows, image sizes, feature settings, folds) are the ones in that file, so the new data is
   prepared exactly as the training data was.
@@ -30,87 +31,85 @@ import pandas as pd
 from ichkit.errors import IchkitError
 from ichkit.files import atomic_path
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
 
 class PredictError(IchkitError):
     """Prediction cannot run as asked; the message says why."""
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    if path.suffix:
-        return False
-    try:
-        with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
 def unlabelled_dataset(path: Path):
-    """A `table.Dataset` of every slice under `path`, all in the test split, without labels."""
+    """A `table.Dataset` of every slice under `path`, all in the test split, without labels.
+
+    A folder the readers recognise (`readers.find_dataset`: any labelled layout, or the `dicoms` layout of
+    a bare DICOM folder) is read by its reader; a folder whose DICOM files no layout claims (suffix-less
+    ones beside a CSV), or one DICOM file, by the `dicoms` reader too; NIfTI volumes and PNG/JPG slices
+    without labels (no reader layout has them) by `_unlabelled_files`."""
     from ichkit import readers
-    from ichkit.labels import normalize_image_id
-    from ichkit.readers.common import is_private
+    from ichkit.readers import dicoms
     from ichkit.table import Dataset, conform
 
     path = Path(path).resolve()
-    if path.is_dir() and readers.detect_layout(path):
-        ds = readers.read_dataset(path)
-        slices = ds.slices.assign(split="test")
-        return Dataset(root=path, layout=ds.layout, slices=conform(slices), polygons=ds.polygons)
-    if path.is_file():
-        root, files = path.parent, [path]
-    elif path.is_dir():
-        root = path
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(is_private(part) for part in p.relative_to(path).parts))
-    else:
+    if not path.exists():
         raise PredictError(f"--data {path}: no such file or folder")
-    name = lambda p: p.name.lower()  # noqa: E731
-    nifti = [p for p in files if name(p).endswith(NIFTI_SUFFIXES)]
-    dicoms = [p for p in files if p not in nifti and _is_dicom(p)]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    rows: list[dict[str, Any]] = []
-    if dicoms:
-        layout = "dicom folder"
-        for p in dicoms:
-            rows.append({"image_id": normalize_image_id(p.name if p.suffix else p.name + ".dcm"),
-                         "source": "dicom", "path": p.relative_to(root).as_posix()})
-    elif nifti:
-        from ichkit.readers.nifti import header_geometry
+    found = readers.find_dataset(path) if path.is_dir() else None
+    if found is not None:
+        ds = readers.read_dataset(found)
+    elif path.is_dir() and next(dicoms.iter_dicom_files(path), None) is not None:
+        ds = readers.read_dataset(path, layout="dicoms")
+    elif path.is_file() and dicoms.is_dicom_file(path):
+        ds = dicoms.read_dicoms(path.parent, [path])
+    else:
+        ds = _unlabelled_files(path)
+    slices = ds.slices.assign(split="test")
+    return Dataset(root=ds.root, layout=ds.layout, slices=conform(slices), polygons=ds.polygons)
 
+
+def _unlabelled_files(path: Path):
+    """The adapter for what no reader layout holds: NIfTI volumes (one slice per frame, a patient per
+    volume) or else PNG/JPG slices, in the file or folder `path`, without labels."""
+    from ichkit.labels import normalize_image_id
+    from ichkit.readers.common import iter_files, relative
+    from ichkit.readers.images import IMAGE_SUFFIXES
+    from ichkit.readers.nifti import NIFTI_SUFFIXES, header_geometry
+    from ichkit.table import Dataset, conform
+
+    root = path.parent if path.is_file() else path
+
+    def listing(suffixes: tuple[str, ...]) -> list[Path]:
+        if path.is_file():
+            return [path] if path.name.lower().endswith(suffixes) else []
+        return list(iter_files(path, suffixes))
+
+    nifti, images = listing(NIFTI_SUFFIXES), listing(IMAGE_SUFFIXES)
+    rows: list[dict[str, Any]] = []
+    if nifti:
         layout = "nifti volumes"
         for p in nifti:
-            stem = p.name[: -len(".nii.gz")] if name(p).endswith(".nii.gz") else p.stem
+            stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
             try:
                 n = header_geometry(p).n_slices
             except Exception as exc:  # BadInput: the volume cannot even be opened -> one quarantined row
-                rows.append({"image_id": f"ID_{stem}_000", "source": "nifti", "path": p.relative_to(root).as_posix(),
+                rows.append({"image_id": f"ID_{stem}_000", "source": "nifti", "path": relative(p, root),
                              "frame": 0, "patient_id": stem})
                 print(f"predict: {p}: {exc}", file=sys.stderr)
                 continue
             for f in range(n):
                 rows.append({"image_id": f"ID_{stem}_{f:03d}", "source": "nifti", "frame": f,
-                             "path": p.relative_to(root).as_posix(), "patient_id": stem, "study_id": stem,
+                             "path": relative(p, root), "patient_id": stem, "study_id": stem,
                              "series_id": stem})
     elif images:
         layout = "image folder"
         for p in images:
-            rows.append({"image_id": normalize_image_id(p.name), "source": "image", "path": p.relative_to(root).as_posix()})
+            rows.append({"image_id": normalize_image_id(p.name), "source": "image", "path": relative(p, root)})
     else:
+        looked_at = 1 if path.is_file() else sum(1 for _ in iter_files(path, ("",)))
         raise PredictError(f"--data {path}: found no DICOM (*.dcm or DICM preamble), NIfTI (.nii, .nii.gz) or "
-                           f"PNG/JPG files ({len(files)} files looked at)")
+                           f"PNG/JPG files ({looked_at} files looked at)")
     slices = pd.DataFrame(rows)
     dup = slices["image_id"].duplicated(keep=False)
     if dup.any():
         example = slices.loc[dup, "path"].head(2).tolist()
         raise PredictError(f"--data {path}: {int(dup.sum())} files map to the same image id (e.g. {example}); "
                            "rename them so their names are unique")
-    slices["split"] = "test"
     return Dataset(root=root, layout=layout, slices=conform(slices))
 
 

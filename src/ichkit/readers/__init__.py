@@ -48,7 +48,7 @@ LAYOUT_NEEDS: dict[str, str] = {
     "nifti": "ct_scans/*.nii[.gz]",
     "rsna": "an ID,Label CSV beside DICOM files",
     "images": "a labels CSV (Image/ID/filename + labels) beside PNG/JPG files",
-    "dicoms": "*.dcm files (an unlabelled inference set)",
+    "dicoms": "DICOM files (*.dcm or with the DICOM preamble: an unlabelled inference set)",
 }
 
 
