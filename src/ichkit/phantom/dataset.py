@@ -11,8 +11,6 @@ The output is complete once `demo.json` exists; it is written last.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from ichkit.phantom.hemorrhage import (EPIDURAL, INTRAPARENCHYMAL, INTRAVENTRICU
 from ichkit.phantom.scanner import IMAGE_SIZE, Acquisition
 from ichkit.phantom.study import render_slice
 from ichkit.phantom.writer import CORRUPTIONS, PIXEL_ENCODINGS, FileEncoding, SliceHeader, corrupt_file, write_slice
+from ichkit.workers import process_pool, worker_count
 
 TRAIN_DIR, TEST_DIR, TRUTH_DIR = "stage_2_train", "stage_2_test", "_truth"
 TRAIN_LABELS, WIDE_LABELS = "stage_2_train.csv", "hemorrhage-labels.csv"
@@ -286,7 +285,7 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
         (out / folder).mkdir(parents=True, exist_ok=True)
 
     plans, plan_rng = plan_dataset(out.resolve(), patients, seed, test_fraction)
-    workers = min(workers or os.cpu_count() or 1, patients)
+    workers = worker_count(workers, jobs=patients, key="demo.workers")
     results: list[PatientResult] = []
     with tqdm(total=patients, unit="patient", desc="phantom", disable=not progress) as bar:
         if workers == 1:
@@ -298,8 +297,8 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
             # are put back in plan order (each patient depends on its own seed only)
             order = sorted(range(len(plans)), key=lambda i: -len(plans[i].studies))
             by_index: dict[int, PatientResult] = {}
-            with multiprocessing.get_context().Pool(workers) as pool:
-                for i, result in zip(order, pool.imap(generate_patient, [plans[i] for i in order], chunksize=1)):
+            with process_pool(workers, preload=("ichkit.phantom.dataset",)) as pool:
+                for i, result in zip(order, pool.map(generate_patient, [plans[i] for i in order])):
                     by_index[i] = result
                     bar.update()
             results = [by_index[i] for i in range(len(plans))]
@@ -328,8 +327,6 @@ def _check_arguments(out: Path, patients: int, test_fraction: float, corrupt: in
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     if int(corrupt) != corrupt or corrupt < 0:
         raise ValueError(f"corrupt must be a non-negative integer, got {corrupt!r}")
-    if int(workers) != workers or workers < 0:
-        raise ValueError(f"workers must be a non-negative integer (0 = all cores), got {workers!r}")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
     present = [name for name in OUTPUTS if (out / name).exists()]
