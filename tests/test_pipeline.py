@@ -113,6 +113,9 @@ def test_all_trains_registered_models_by_family_and_names_the_rest(capsys):
                                                                       ["segment", "--model", "hu_threshold_seg"]]
     every, _ = registered_models("all", cfg)
     assert every == list(cfg["train"]["models"]) + list(cfg["seg"]["models"])
+    # "all" inside a list expands in place, without repeating a model named twice
+    more, _ = registered_models("cnn_baseline,all,lgbm_radiomic", cfg)
+    assert more == ["cnn_baseline"] + every
     # the classical segmenter is in the main run by default (masks, RLE, volumes); the U-Net is opt-in
     assert "hu_threshold_seg" in every and "resnet50_unet_seg" not in every
     assert cfg["seg"]["submit_model"] == "hu_threshold_seg"

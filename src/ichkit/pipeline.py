@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -43,12 +42,12 @@ def _common(args: argparse.Namespace, cfg: dict) -> list[str]:
 
 def _find_or_make_data(args: argparse.Namespace, cfg: dict) -> tuple[Path, list[str]]:
     """The dataset to run on, and the demo-data stage call if one must be generated first."""
-    from ichkit.readers import find_dataset
+    from ichkit.readers import DatasetError, find_dataset
 
     if args.data is not None:
         root = find_dataset(args.data)
         if root is None:
-            raise ValueError(f"--data {args.data}: no dataset found there (see the README's input layouts)")
+            raise DatasetError(f"--data {args.data}: no dataset found there (see the README's input layouts)")
         return root, []
     input_dir = Path(cfg["paths"]["input"])
     root = find_dataset(input_dir) if input_dir.is_dir() else None
@@ -60,13 +59,14 @@ def _find_or_make_data(args: argparse.Namespace, cfg: dict) -> tuple[Path, list[
 
 
 def registered_models(requested: str, cfg: dict) -> tuple[list[str], list[str]]:
-    """(models to train, models skipped because their family is not installed) of `--models`; "all" =
-    train.models plus, where the segmentation family's config section exists, seg.models."""
+    """(models to train, models skipped because their family is not installed) of `--models`; "all" (alone
+    or in the list) = train.models plus, where the segmentation family's config section exists, seg.models."""
     from ichkit.models import list_models
 
-    names = [n.strip() for n in requested.split(",") if n.strip()]
-    if names == ["all"]:
-        names = list(cfg["train"]["models"] or []) + list((cfg.get("seg") or {}).get("models") or [])
+    defaults = list(cfg["train"]["models"] or []) + list((cfg.get("seg") or {}).get("models") or [])
+    names: list[str] = []
+    for n in (n.strip() for n in requested.split(",")):  # "all" may stand among names: all,cnn_baseline
+        names += [m for m in (defaults if n == "all" else [n] if n else []) if m not in names]
     known = set(list_models())
     return [n for n in names if n in known], [n for n in names if n not in known]
 
@@ -111,13 +111,10 @@ def files_written(cfg: dict, root: Path) -> list[tuple[str, Path]]:
 
 def run(args: argparse.Namespace, cfg: dict) -> int:
     from ichkit.cli import main as cli_main
+    from ichkit.models import ModelError
 
     common = _common(args, cfg)
-    try:
-        root, demo_call = _find_or_make_data(args, cfg)
-    except ValueError as exc:  # several datasets under the input folder: the user must pick one
-        print(f"ichkit all: error: {exc}", file=sys.stderr)
-        return 2
+    root, demo_call = _find_or_make_data(args, cfg)  # DatasetError (e.g. several datasets): cli.main reports it
     stages: list[list[str]] = []
     if demo_call and not (root / "demo.json").is_file():
         stages.append(demo_call)
@@ -125,8 +122,7 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
     if skipped:
         print(f"ichkit all: models {skipped} belong to families not installed here; skipped")
     if not models:
-        print("ichkit all: error: no model to train (--models / train.models)", file=sys.stderr)
-        return 2
+        raise ModelError(f"no model to train: --models {args.models!r} names no registered model")
     stages += [
         ["prepare", "--data", str(root)],
         ["folds"],

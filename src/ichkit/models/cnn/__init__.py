@@ -15,7 +15,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ichkit.errors import IchkitError
 from ichkit.models import ModelSpec, register
+
+
+class CNNError(IchkitError):
+    """A CNN setting or input that cannot work (profile, policy, context, size, encoder); names it."""
+
 
 CNN_MODELS: dict[str, str] = {
     "cnn_baseline": "the paper's ~10-layer CNN (7 conv layers in 4 stages + 2 dense layers)",

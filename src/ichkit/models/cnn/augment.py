@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ichkit.labels import CLASSES7
+from ichkit.models.cnn import CNNError
 
 POLICY_KEYS = ("affine", "hflip", "crop", "brightness_contrast", "noise", "window_jitter")
 
@@ -39,7 +40,7 @@ POLICY_KEYS = ("affine", "hflip", "crop", "brightness_contrast", "noise", "windo
 def _check_policy(name: str, policy: Mapping[str, Any]) -> None:
     unknown = sorted(set(policy) - set(POLICY_KEYS))
     if unknown:
-        raise ValueError(f"augmentation policy {name!r}: unknown keys {unknown}; known: {list(POLICY_KEYS)}")
+        raise CNNError(f"augmentation policy {name!r}: unknown keys {unknown}; known: {list(POLICY_KEYS)}")
 
 
 def build_compose(policy: Mapping[str, Any], size: int, seed: int | None = None):
@@ -90,10 +91,10 @@ class ClassAugmenter:
             _check_policy(name, policy or {})
         missing = sorted(set(CLASSES7) - set(by_class))
         if missing:
-            raise ValueError(f"cnn.augment.by_class: no policy for classes {missing}")
+            raise CNNError(f"cnn.augment.by_class: no policy for classes {missing}")
         unknown = sorted({p for p in by_class.values() if p not in policies})
         if unknown:
-            raise ValueError(f"cnn.augment.by_class names unknown policies {unknown}; defined: {sorted(policies)}")
+            raise CNNError(f"cnn.augment.by_class names unknown policies {unknown}; defined: {sorted(policies)}")
         self.size = int(size)
         self.policies = {name: dict(p or {}) for name, p in policies.items()}
         self.by_class = {CLASSES7.index(c): by_class[c] for c in CLASSES7}

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from ichkit.cache import ImageCache
+from ichkit.models.cnn import CNNError
 from ichkit.windows import as_windows, resize, window_hu
 
 try:  # keep `neighbour_table` / `epoch_order` importable without Keras
@@ -63,7 +64,7 @@ DEFAULT_WINDOWS = {"brain": (40.0, 80.0), "subdural": (80.0, 200.0), "bone": (60
 def context_channels(context: str, n_windows: int = 3) -> int:
     """Channels a `context` feeds the model."""
     if context not in CONTEXTS:
-        raise ValueError(f"unknown input context {context!r}; expected one of {sorted(CONTEXTS)}")
+        raise CNNError(f"unknown input context {context!r}; expected one of {sorted(CONTEXTS)}")
     return {"none": n_windows, "subdural3": 3, "all9": 3 * n_windows}[context]
 
 
@@ -153,7 +154,7 @@ class CacheSequence(PyDataset):
                  hu_ids: Iterable[str] | None = None, flip: bool = False, **pydataset_kwargs: Any):
         super().__init__(**pydataset_kwargs)
         if kind not in ("cls", "seg"):
-            raise ValueError(f"kind must be cls or seg, got {kind!r}")
+            raise CNNError(f"kind must be cls or seg, got {kind!r}")
         context_channels(context)
         self.work = Path(work)
         self.cache = ImageCache(self.work)
@@ -161,15 +162,15 @@ class CacheSequence(PyDataset):
         self.size, self.batch_size, self.kind, self.context = int(size), int(batch_size), kind, context
         self.labels7 = None if labels7 is None else np.asarray(labels7, dtype=np.int64)
         if self.labels7 is not None and len(self.labels7) != len(self.ids):
-            raise ValueError(f"labels7 has {len(self.labels7)} rows for {len(self.ids)} ids")
+            raise CNNError(f"labels7 has {len(self.labels7)} rows for {len(self.ids)} ids")
         self.targets = {k: np.asarray(v) for k, v in (targets or {}).items()}
         for name, arr in self.targets.items():
             if len(arr) != len(self.ids):
-                raise ValueError(f"target {name!r} has {len(arr)} rows for {len(self.ids)} ids")
+                raise CNNError(f"target {name!r} has {len(arr)} rows for {len(self.ids)} ids")
         self.masks = bool(masks)
         self.augmenter = augmenter
         if augmenter is not None and self.labels7 is None:
-            raise ValueError("augmentation picks its policy by label: pass labels7 with an augmenter")
+            raise CNNError("augmentation picks its policy by label: pass labels7 with an augmenter")
         self.samples_per_class = None if samples_per_class is None else int(samples_per_class)
         self.shuffle, self.seed, self.flip = bool(shuffle), int(seed), bool(flip)
         named = dict(windows) if windows is not None else cache_windows(self.work)
@@ -180,7 +181,7 @@ class CacheSequence(PyDataset):
         self.neighbours: dict[str, tuple[str, str]] = {}
         if context != "none":
             if slices is None:
-                raise ValueError(f"context {context!r} needs the slice table (slices=) for the neighbours")
+                raise CNNError(f"context {context!r} needs the slice table (slices=) for the neighbours")
             table = neighbour_table(slices, max_gap)
             wanted = table.index.intersection(pd.Index(self.ids))
             sub = table.loc[wanted]

@@ -21,6 +21,7 @@ import keras
 from keras import layers
 
 from ichkit.labels import CLASSES7, RSNA_LABELS
+from ichkit.models.cnn import CNNError
 
 # encoder -> (skip layers shallow to deep, bridge layer)
 SKIP_LAYERS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -32,7 +33,7 @@ MIN_SIZE = {"resnet50": 32, "xception": 71}
 ENCODER_NAME = "encoder"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CNNError):
     """Pretrained weights that cannot be had (no internet, no cached file, wrong file)."""
 
 
@@ -45,7 +46,7 @@ class ImagenetPreprocess(layers.Layer):
     def __init__(self, mode: str, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("caffe", "tf"):
-            raise ValueError(f"unknown preprocessing mode {mode!r}")
+            raise CNNError(f"unknown preprocessing mode {mode!r}")
         self.mode = mode
 
     def call(self, x):
@@ -90,9 +91,9 @@ def resolve_weights(weights: str | None) -> tuple[str | None, Path | None]:
 def build_encoder(encoder: str, size: int, weights: str | None) -> keras.Model:
     """The `keras.applications` encoder as one multi-output model: [skips shallow..deep, bridge]."""
     if encoder not in SKIP_LAYERS:
-        raise ValueError(f"unknown encoder {encoder!r}; expected one of {sorted(SKIP_LAYERS)}")
+        raise CNNError(f"unknown encoder {encoder!r}; expected one of {sorted(SKIP_LAYERS)}")
     if size < MIN_SIZE[encoder]:
-        raise ValueError(f"{encoder} needs inputs of at least {MIN_SIZE[encoder]} px, got {size}")
+        raise CNNError(f"{encoder} needs inputs of at least {MIN_SIZE[encoder]} px, got {size}")
     factory = {"resnet50": keras.applications.ResNet50, "xception": keras.applications.Xception}[encoder]
     try:
         base = factory(include_top=False, weights=weights, input_shape=(size, size, 3))
@@ -128,7 +129,7 @@ def unet_classifier(encoder: str, size: int, channels: int = 3, weights: str | N
     (pretrained encoders: during the frozen phase and after, as Keras' fine-tuning guide advises).
     """
     if len(decoder_filters) != 4:
-        raise ValueError(f"decoder_filters needs 4 values (1/16 .. 1/2), got {list(decoder_filters)}")
+        raise CNNError(f"decoder_filters needs 4 values (1/16 .. 1/2), got {list(decoder_filters)}")
     keras_weights, weight_file = resolve_weights(weights)
     enc = build_encoder(encoder, size, keras_weights)
     inputs = keras.Input((size, size, channels), name="image")
@@ -214,6 +215,6 @@ def build(name: str, size: int, channels: int = 3, weights: str | None = None, f
     elif name in encoders:
         model = unet_classifier(encoders[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn)
     else:
-        raise ValueError(f"unknown CNN {name!r}; expected cnn_baseline or one of {sorted(encoders)}")
+        raise CNNError(f"unknown CNN {name!r}; expected cnn_baseline or one of {sorted(encoders)}")
     set_bn_momentum(model, bn_momentum, skip=ENCODER_NAME if frozen_bn else None)
     return model

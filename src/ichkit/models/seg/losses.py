@@ -14,6 +14,8 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
+from ichkit.models.seg.results import SegError
+
 LOSSES: tuple[str, ...] = ("dice", "bce_dice", "focal_tversky")
 
 
@@ -58,6 +60,6 @@ def get_loss(name: str, smooth: float = 1.0) -> Callable:
     elif name == "focal_tversky":
         fn = lambda t, p: focal_tversky_loss(t, p, smooth=smooth)  # noqa: E731
     else:
-        raise ValueError(f"unknown segmentation loss {name!r}; expected one of {LOSSES}")
+        raise SegError(f"unknown segmentation loss {name!r}; expected one of {LOSSES}")
     fn.__name__ = f"{name}_loss"
     return fn

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ichkit.models.seg.results import SegError
+
 
 @dataclass(frozen=True)
 class PostProcess:
@@ -64,7 +66,7 @@ def choose(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], brains: Se
     """The candidate with the best mean Dice on these (inner validation) images, and that Dice.
     Ties go to the earlier candidate (the grid's order), so the choice is deterministic."""
     if not len(truths):
-        raise ValueError("post-processing: no validation images to choose on")
+        raise SegError("post-processing: no validation images to choose on")
     best, best_score = candidates[0], -1.0
     for pp in candidates:
         score = mean_dice([pp.apply(p, b) for p, b in zip(probs, brains)], truths)

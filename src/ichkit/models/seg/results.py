@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichkit.errors import IchkitError
 from ichkit.files import atomic_path
 
 SEG_COLUMNS: tuple[str, ...] = ("image_id", "score", "area_px", "mask_height", "mask_width", "mask_bits")
@@ -38,7 +39,11 @@ OOF_COLUMNS: tuple[str, ...] = ("image_id", "fold", "truth", "dice", "iou", "pre
                                 "pred_area_px", "true_area_px", "score")
 
 
-class SegResultError(ValueError):
+class SegError(IchkitError):
+    """A segmentation request that cannot run as given (model, profile, loss, grid, data)."""
+
+
+class SegResultError(SegError):
     """A missing or malformed segmentation output file; the message names it."""
 
 

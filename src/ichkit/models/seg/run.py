@@ -13,12 +13,12 @@ different machines), ``--force`` and ``--executor local|ray``. The seg family's 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import pandas as pd
 
 from ichkit.engine.executors import EXECUTORS
+from ichkit.models.seg.results import SegError
 
 
 def segment(models: list[str], cfg: dict[str, Any], folds_wanted: list[int] | None = None, force: bool = False,
@@ -39,7 +39,7 @@ def model_list(requested: str, cfg: dict[str, Any]) -> list[str]:
     known = set(list_models("seg"))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown segmentation model(s) {unknown}; registered: {sorted(known)}")
+        raise SegError(f"unknown segmentation model(s) {unknown}; registered: {sorted(known)}")
     return names
 
 
@@ -53,15 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
-    from ichkit.folds import FoldsError
     from ichkit.models.seg.evaluate import print_seg_table
-    from ichkit.models.seg.results import SegResultError
 
-    try:
-        models = model_list(args.model, cfg)
-        segment(models, cfg, args.fold, args.force, executor=args.executor, ray_address=args.ray_address)
-        print_seg_table(cfg)
-    except (ValueError, FileNotFoundError, FoldsError, SegResultError) as exc:
-        print(f"ichkit segment: error: {exc}", file=sys.stderr)
-        return 1
+    # bad requests raise IchkitError subclasses (SegError, FoldsError, ...): ichkit.cli.main reports them
+    models = model_list(args.model, cfg)
+    segment(models, cfg, args.fold, args.force, executor=args.executor, ray_address=args.ray_address)
+    print_seg_table(cfg)
     return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ichkit.models.seg.results import SegError
+
 SKIP_LAYERS: tuple[str, ...] = ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu")
 BOTTLENECK = "conv5_block3_out"
 CAFFE_MEAN: tuple[float, float, float] = (103.939, 116.779, 123.68)
@@ -40,9 +42,9 @@ def build_resnet50_unet(size: int, weights: str | None = None,
     from keras import layers
 
     if size % 32:
-        raise ValueError(f"resnet50_unet_seg: input size must be a multiple of 32, got {size}")
+        raise SegError(f"resnet50_unet_seg: input size must be a multiple of 32, got {size}")
     if len(decoder_filters) != 5:
-        raise ValueError(f"decoder_filters needs 5 values (one per x2 step), got {list(decoder_filters)}")
+        raise SegError(f"decoder_filters needs 5 values (one per x2 step), got {list(decoder_filters)}")
     inputs = keras.Input((size, size, 3), name="image")
     # caffe preprocessing of x * 255 as a plain Normalization layer (the saved model needs no Lambda): the
     # window channels are not RGB, so the BGR flip is left out
