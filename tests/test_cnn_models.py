@@ -102,6 +102,36 @@ def test_training_reduces_the_loss_and_predicts_the_contract(tiny, tmp_path):
     np.testing.assert_allclose(again.iloc[:, 2:].to_numpy(float), frame.iloc[:, 2:].to_numpy(float), atol=1e-6)
 
 
+def test_later_folds_reuse_the_compiled_model_and_train_as_a_fresh_build(tiny, tmp_path):
+    """The second fold reuses the first fold's traced graphs (no retrace: the train function is the same
+    object) and ends with the weights a fresh build + compile of that fold gives (same seeded init,
+    dropout seeds and a zeroed Adam)."""
+    import dataclasses
+
+    from ichkit.models.cnn.compiled import forget_compiled
+
+    ids = tiny[3].index.tolist()
+
+    def fold(seed: int, folder: str):
+        trainer = _trainer(tiny, "cnn_baseline", epochs=2, lr=3e-3)
+        trainer.ctx = dataclasses.replace(trainer.ctx, seed=seed)
+        trainer.fit(ids, ids[::7], tmp_path / folder, resume=False)
+        return trainer.model, [np.array(v.numpy()) for v in trainer.model.weights]
+
+    forget_compiled()
+    first, _ = fold(1, "a")
+    traced = first.train_function
+    second, reused = fold(2, "b")
+    assert second is first and second.train_function is traced
+    forget_compiled()
+    fresh_model, fresh = fold(2, "c")
+    assert fresh_model is not first
+    assert int(np.asarray(fresh_model.optimizer.iterations)) == int(np.asarray(second.optimizer.iterations))
+    for a, b in zip(reused, fresh):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    forget_compiled()
+
+
 class _Interrupt(Exception):
     pass
 

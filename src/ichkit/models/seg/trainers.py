@@ -26,7 +26,7 @@ from ichkit.engine.trainer import FoldContext, FoldTrainer
 from ichkit.files import write_text_atomic
 from ichkit.models.seg import postprocess
 from ichkit.models.seg.data import SegData, truth_kind
-from ichkit.models.seg.results import predictions_frame
+from ichkit.models.seg.results import SegError, predictions_frame
 from ichkit.windows import resize
 
 
@@ -99,7 +99,7 @@ class HUThresholdSeg(FoldTrainer):
                 if score > best_score + 1e-12:
                     best, best_score = {"clot_low": float(low), "clot_high": float(high), "min_px": m}, score
         if best is None:
-            raise ValueError("seg.hu_threshold: no clot_low < clot_high pair in the grid")
+            raise SegError("seg.hu_threshold: no clot_low < clot_high pair in the grid")
         self.chosen = {**best, "train_mean_dice": best_score, "fit_images": len(ids)}
 
     def predict(self, ids: list[str]) -> pd.DataFrame:
@@ -130,7 +130,7 @@ def profile(cfg: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     section = cfg["seg"]
     name = name or section["profile"]
     if name not in section["profiles"]:
-        raise ValueError(f"seg.profile {name!r} is not one of seg.profiles: {sorted(section['profiles'])}")
+        raise SegError(f"seg.profile {name!r} is not one of seg.profiles: {sorted(section['profiles'])}")
     return dict(section["profiles"][name])
 
 
@@ -149,21 +149,35 @@ class ResNet50UNetSeg(FoldTrainer):
         self.model = None
 
     # -- pieces ----------------------------------------------------------------------------------
-    def _build(self):
+    def _build(self, reuse: bool = False):
+        """The seeded network, compiled; with `reuse` the previous fold's compiled graphs (cnn.compiled)."""
         import keras
 
+        from ichkit.models.cnn.compiled import reuse_compiled
+        from ichkit.models.cnn.trainer import jit_compile
         from ichkit.models.seg.losses import get_loss
         from ichkit.models.seg.unet import build_resnet50_unet
 
         keras.utils.set_random_seed(int(self.ctx.seed) + int(self.ctx.fold))
         p = self.params
         weights = p["weights"] if p["weights"] not in (None, "none", "null") else None
-        model = build_resnet50_unet(int(p["size"]), weights=weights, decoder_filters=p["decoder_filters"])
-        # run_eagerly skips tracing the ~500-variable train / predict graphs (minutes on 2 loaded cores):
-        # quicker for a step or two (tests, debugging), slower per step for a real training run
-        model.compile(optimizer=keras.optimizers.Adam(float(p["lr"])), loss=get_loss(p["loss"]),
-                      run_eagerly=bool(p["run_eagerly"]))
-        return model
+        jit = jit_compile(self.ctx.cfg)
+
+        def build():
+            return build_resnet50_unet(int(p["size"]), weights=weights, decoder_filters=p["decoder_filters"])
+
+        def compile_model(model) -> None:
+            # run_eagerly skips tracing the ~500-variable train / predict graphs (~20 s on 2 cores): quicker
+            # for a step or two (tests, debugging), slower per step for a real training run
+            model.compile(optimizer=keras.optimizers.Adam(float(p["lr"])), loss=get_loss(p["loss"]),
+                          run_eagerly=bool(p["run_eagerly"]), jit_compile=jit)
+
+        if not reuse:
+            model = build()
+            compile_model(model)
+            return model
+        key = json.dumps({"model": "resnet50_unet_seg", "params": p, "jit": jit}, sort_keys=True, default=str)
+        return reuse_compiled(key, build, compile_model)
 
     def _sequence(self, ids: list[str], train: bool):
         from ichkit.models.cnn.augment import ClassAugmenter
@@ -200,8 +214,8 @@ class ResNet50UNetSeg(FoldTrainer):
         fold_dir.mkdir(parents=True, exist_ok=True)
         masked, normal = _known_truth(self.ctx, list(train_ids))
         if not masked:
-            raise ValueError(f"{self.ctx.model} fold {self.ctx.fold}: no masked slice among the training images")
-        self.model = self._build()
+            raise SegError(f"{self.ctx.model} fold {self.ctx.fold}: no masked slice among the training images")
+        self.model = self._build(reuse=True)
         state_path = fold_dir / "state.json"
         start = 0
         if resume and state_path.is_file() and (fold_dir / self.WEIGHTS).is_file():
