@@ -6,7 +6,8 @@ spends training. The fold driver runs the folds of one model one after another i
 first fold compiles a model and every later fold with the same graph (`key`: architecture, input size,
 batch, loss, learning rate) loads its own freshly built initial state into that model:
 
-- ``build()`` is called every time, after the caller seeded Keras for this fold, so the fold's initial
+- ``build()`` is called every time, after the caller seeded Keras for this fold (`set_seed`, which
+  leaves TensorFlow's global seed alone: resetting it retraces the graphs), so the fold's initial
   weights, BatchNorm statistics and dropout seeds (all of ``model.variables``) are exactly those of a
   fresh build, and they are copied into the compiled model;
 - the optimizer's slots and step counter are zeroed (a fresh Adam); the learning rate is in the key.
@@ -38,19 +39,46 @@ def reuse_compiled(key: str, build: Callable[[], Any], compile_model: Callable[[
     return model
 
 
+def set_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed(seed)`, but without TensorFlow's global seed once a compiled model is
+    cached: `tf.random.set_seed` retraces every tf.function (~12 s per fold for the ResNet50 U-Net), and
+    Keras 3 layers (initializers, dropout) draw from Keras' own seed generators, which this resets."""
+    import keras
+
+    if not _cached:
+        keras.utils.set_random_seed(int(seed))
+        return
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, int(seed))
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+
+
 def forget_compiled() -> None:
     """Drop the cached model (tests; a caller that wants the memory back)."""
     _cached.clear()
 
 
 def reset_optimizer(optimizer: Any) -> None:
-    """Zero every slot and the step counter, keeping the learning rate: a fresh optimizer's state."""
+    """Zero every slot and the step counter, keeping the learning rate: a fresh optimizer's state.
+
+    The learning-rate variable is left alone: setting ``optimizer.learning_rate`` makes a new variable,
+    which retraces the train step (~15 s) and defeats the reuse.
+    """
     import numpy as np
 
-    lr = float(np.asarray(optimizer.learning_rate))
+    lr_variable = getattr(optimizer, "_learning_rate", None)
     for v in optimizer.variables:
+        if v is lr_variable or v.path.endswith("learning_rate"):
+            continue
         v.assign(np.zeros(tuple(v.shape), dtype=v.dtype))
-    optimizer.learning_rate = lr
 
 
 def _same_variables(a: Any, b: Any) -> bool:

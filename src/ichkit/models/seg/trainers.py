@@ -24,6 +24,7 @@ import pandas as pd
 
 from ichkit.engine.trainer import FoldContext, FoldTrainer
 from ichkit.files import write_text_atomic
+from ichkit.models.cnn.trainer import load_weights, save_weights_atomic
 from ichkit.models.seg import postprocess
 from ichkit.models.seg.data import SegData, truth_kind
 from ichkit.models.seg.results import SegError, predictions_frame
@@ -153,15 +154,13 @@ class ResNet50UNetSeg(FoldTrainer):
         """The seeded network, compiled; with `reuse` the previous fold's compiled graphs (cnn.compiled)."""
         import keras
 
-        from ichkit.models.cnn.compiled import reuse_compiled
-        from ichkit.models.cnn.trainer import jit_compile
+        from ichkit.models.cnn.compiled import reuse_compiled, set_seed
         from ichkit.models.seg.losses import get_loss
         from ichkit.models.seg.unet import build_resnet50_unet
 
-        keras.utils.set_random_seed(int(self.ctx.seed) + int(self.ctx.fold))
+        set_seed(int(self.ctx.seed) + int(self.ctx.fold))
         p = self.params
         weights = p["weights"] if p["weights"] not in (None, "none", "null") else None
-        jit = jit_compile(self.ctx.cfg)
 
         def build():
             return build_resnet50_unet(int(p["size"]), weights=weights, decoder_filters=p["decoder_filters"])
@@ -170,13 +169,13 @@ class ResNet50UNetSeg(FoldTrainer):
             # run_eagerly skips tracing the ~500-variable train / predict graphs (~20 s on 2 cores): quicker
             # for a step or two (tests, debugging), slower per step for a real training run
             model.compile(optimizer=keras.optimizers.Adam(float(p["lr"])), loss=get_loss(p["loss"]),
-                          run_eagerly=bool(p["run_eagerly"]), jit_compile=jit)
+                          run_eagerly=bool(p["run_eagerly"]))
 
         if not reuse:
             model = build()
             compile_model(model)
             return model
-        key = json.dumps({"model": "resnet50_unet_seg", "params": p, "jit": jit}, sort_keys=True, default=str)
+        key = json.dumps({"model": "resnet50_unet_seg", "params": p}, sort_keys=True, default=str)
         return reuse_compiled(key, build, compile_model)
 
     def _sequence(self, ids: list[str], train: bool):
@@ -221,7 +220,7 @@ class ResNet50UNetSeg(FoldTrainer):
         if resume and state_path.is_file() and (fold_dir / self.WEIGHTS).is_file():
             state = json.loads(state_path.read_text())
             if state.get("params") == self.params:
-                self.model.load_weights(fold_dir / self.WEIGHTS)
+                load_weights(self.model, fold_dir / self.WEIGHTS)
                 start = int(state["epochs_done"])
         seq = self._sequence(masked + normal, train=True)
         epochs = int(self.params["epochs"])
@@ -230,7 +229,7 @@ class ResNet50UNetSeg(FoldTrainer):
             # one fit call per epoch (a checkpoint after each): the log is appended to after the first
             log = keras.callbacks.CSVLogger(str(fold_dir / "log.csv"), append=epoch > 0)
             self.model.fit(seq, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[log])
-            self.model.save_weights(fold_dir / self.WEIGHTS)
+            save_weights_atomic(self.model, fold_dir / self.WEIGHTS)
             write_text_atomic(state_path, json.dumps({"epochs_done": epoch + 1, "params": self.params}))
         self._choose_postprocess(valid_ids)
 
@@ -258,7 +257,7 @@ class ResNet50UNetSeg(FoldTrainer):
 
     def save(self, fold_dir: Path) -> None:
         fold_dir = Path(fold_dir)
-        self.model.save_weights(fold_dir / self.WEIGHTS)
+        save_weights_atomic(self.model, fold_dir / self.WEIGHTS)
         write_text_atomic(fold_dir / "postprocess.json", json.dumps(
             {**self.post.to_dict(), "valid_mean_dice": self.post_score, "n_valid": len(getattr(self, "valid_ids", [])),
              "params": self.params}, indent=2))
@@ -269,7 +268,7 @@ class ResNet50UNetSeg(FoldTrainer):
         saved = json.loads((fold_dir / "postprocess.json").read_text())
         self = cls(None, saved["params"], ctx)
         self.model = self._build()
-        self.model.load_weights(fold_dir / cls.WEIGHTS)
+        load_weights(self.model, fold_dir / cls.WEIGHTS)
         self.post = postprocess.PostProcess(saved["threshold"], saved["min_size"], saved["brain_mask"])
         self.post_score = saved["valid_mean_dice"]
         return self
