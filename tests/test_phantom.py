@@ -407,7 +407,7 @@ def test_cli_writes_then_refuses_to_overwrite_without_force(tmp_path, capsys):
     summary = json.loads((out / "demo.json").read_text())
     assert summary["patients"] == {"train": 1, "test": 0} and summary["corrupt"] == []
     (out / "notes.txt").write_text("mine")
-    assert cli_main(args) == 2
+    assert cli_main(args) == 1
     assert "--force" in capsys.readouterr().err
     assert cli_main(args + ["--force", "--seed", "9"]) == 0
     assert json.loads((out / "demo.json").read_text())["seed"] == 9
@@ -431,7 +431,8 @@ def test_cli_takes_its_defaults_from_the_config_only(tmp_path, capsys, monkeypat
     assert seen == {"patients": 3, "seed": 5, "test_fraction": demo["test_fraction"], "corrupt": demo["corrupt"],
                     "workers": demo["workers"]}
     del cfg["demo"]["seed"]
-    assert cli.run(flags, cfg) == 2 and "demo.seed" in capsys.readouterr().err
+    with pytest.raises(dataset.PhantomError, match=r"demo\.seed is missing"):
+        cli.run(flags, cfg)
 
 
 def test_generate_rejects_bad_arguments(tmp_path):

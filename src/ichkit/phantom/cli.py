@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 
@@ -22,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: dict) -> int:
-    from ichkit.phantom.dataset import OUTPUTS, generate_dataset
+    from ichkit.phantom.dataset import OUTPUTS, PhantomError, generate_dataset
 
     demo = cfg.get("demo", {})
 
@@ -30,27 +29,22 @@ def run(args: argparse.Namespace, cfg: dict) -> int:
         if flag is not None:
             return flag
         if key not in demo:
-            raise KeyError(f"demo.{key} is missing from the configuration (default.yaml has it)")
+            raise PhantomError(f"demo.{key} is missing from the configuration (default.yaml has it)")
         return demo[key]
 
-    try:
-        out = Path(pick(args.out, "out"))
-        params = dict(patients=int(pick(args.patients, "patients")), seed=int(pick(args.seed, "seed")),
-                      test_fraction=float(pick(args.test_fraction, "test_fraction")),
-                      corrupt=int(pick(args.corrupt, "corrupt")), workers=int(pick(args.workers, "workers")))
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
+    # bad requests raise PhantomError, which ichkit.cli.main reports in one line (exit code 1)
+    out = Path(pick(args.out, "out"))
+    params = dict(patients=int(pick(args.patients, "patients")), seed=int(pick(args.seed, "seed")),
+                  test_fraction=float(pick(args.test_fraction, "test_fraction")),
+                  corrupt=int(pick(args.corrupt, "corrupt")), workers=int(pick(args.workers, "workers")))
     if out.is_dir() and any(out.iterdir()):
         if not args.force:
-            print(f"error: {out} is not empty; pass --force to replace the dataset in it", file=sys.stderr)
-            return 2
+            raise PhantomError(f"{out} is not empty; pass --force to replace the dataset in it")
         _remove_outputs(out, OUTPUTS)
     try:
         summary = generate_dataset(out, **params)
-    except (ValueError, FileExistsError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (FileExistsError, NotADirectoryError) as exc:  # OSError kinds of the library call, as the CLI's error
+        raise PhantomError(str(exc)) from exc
     print(format_summary(out, summary))
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ichkit.errors import IchkitError
 from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES, seven_class
 from ichkit.phantom import label_files
 from ichkit.phantom.anatomy import HeadAnatomy
@@ -28,6 +29,10 @@ from ichkit.phantom.scanner import IMAGE_SIZE, Acquisition
 from ichkit.phantom.study import render_slice
 from ichkit.phantom.writer import CORRUPTIONS, PIXEL_ENCODINGS, FileEncoding, SliceHeader, corrupt_file, write_slice
 from ichkit.workers import process_pool, worker_count
+
+class PhantomError(IchkitError):
+    """A phantom request that cannot run as given (counts, fraction, seed, output folder); names it."""
+
 
 TRAIN_DIR, TEST_DIR, TRUTH_DIR = "stage_2_train", "stage_2_test", "_truth"
 TRAIN_LABELS, WIDE_LABELS = "stage_2_train.csv", "hemorrhage-labels.csv"
@@ -274,18 +279,18 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
                      workers: int = 0, progress: bool = True) -> dict:
     """Write the phantom dataset under `out` and return its summary (also saved as `out/demo.json`).
 
-    Raises ValueError on bad arguments, NotADirectoryError if `out` is a file and FileExistsError if `out`
-    already holds any of its outputs.
+    Raises PhantomError (bad counts or seed), WorkerSettingError (workers), NotADirectoryError if `out` is a
+    file and FileExistsError if `out` already holds any of its outputs.
     `workers` = 0 uses every core.
     """
     started = time.perf_counter()
     out = Path(out)
-    _check_arguments(out, patients, test_fraction, corrupt, workers)
+    _check_arguments(out, patients, test_fraction, corrupt)
+    workers = worker_count(workers, jobs=patients, key="demo.workers")
     for folder in (TRAIN_DIR, TEST_DIR, TRUTH_DIR):
         (out / folder).mkdir(parents=True, exist_ok=True)
 
     plans, plan_rng = plan_dataset(out.resolve(), patients, seed, test_fraction)
-    workers = worker_count(workers, jobs=patients, key="demo.workers")
     results: list[PatientResult] = []
     with tqdm(total=patients, unit="patient", desc="phantom", disable=not progress) as bar:
         if workers == 1:
@@ -308,7 +313,7 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
     ids = Counter(s.image_id for s in slices)
     duplicate = next((i for i, n in ids.items() if n > 1), None)
     if duplicate is not None:  # 9 hex digits: about one seed in 30,000 at 2,000 images
-        raise RuntimeError(f"seed {seed} drew image id {duplicate} twice; choose another seed")
+        raise PhantomError(f"seed {seed} drew image id {duplicate} twice; choose another seed")
 
     corrupted = _corrupt(out, slices, corrupt, plan_rng)
     polygon_rows = _polygon_rows([s for s in slices if s.split == "train"], plan_rng)
@@ -320,13 +325,13 @@ def generate_dataset(out: Path, patients: int, seed: int, test_fraction: float =
     return summary
 
 
-def _check_arguments(out: Path, patients: int, test_fraction: float, corrupt: int, workers: int) -> None:
+def _check_arguments(out: Path, patients: int, test_fraction: float, corrupt: int) -> None:
     if int(patients) != patients or patients < 1:
-        raise ValueError(f"patients must be a positive integer, got {patients!r}")
+        raise PhantomError(f"patients must be a positive integer, got {patients!r}")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+        raise PhantomError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     if int(corrupt) != corrupt or corrupt < 0:
-        raise ValueError(f"corrupt must be a non-negative integer, got {corrupt!r}")
+        raise PhantomError(f"corrupt must be a non-negative integer, got {corrupt!r}")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
     present = [name for name in OUTPUTS if (out / name).exists()]
@@ -341,7 +346,7 @@ def _corrupt(out: Path, slices: list[SliceRecord], count: int, rng: np.random.Ge
     candidates = sorted(s.image_id for s in slices
                         if s.split == "train" and not s.labels["any"] and "rle_lossless" not in s.variants)
     if count > len(candidates):
-        raise ValueError(f"cannot corrupt {count} files: only {len(candidates)} normal training files")
+        raise PhantomError(f"cannot corrupt {count} files: only {len(candidates)} normal training files")
     chosen = sorted(rng.choice(candidates, size=count, replace=False).tolist())
     by_id = {s.image_id: s for s in slices}
     corrupted = []
