@@ -213,6 +213,15 @@ def test_hu_threshold_seg_through_the_folds_and_the_table(seg_work, monkeypatch,
     assert table.loc["baseline_empty", "mean_dice"] == 0.0
     assert table.loc["baseline_all_brain", "normal_fp_rate"] == 1.0
     assert table.loc["hu_threshold_seg", "mean_dice"] == pytest.approx(blood["dice"].mean())
+    # the all-brain baseline's brain masks are measured once: the next table reads them back
+    from ichkit.models.seg.data import SegData
+
+    def no_brain(self, image_id):
+        raise AssertionError("brain mask recomputed for an unchanged table")
+
+    with monkeypatch.context() as m:
+        m.setattr(SegData, "brain", no_brain)
+        pd.testing.assert_frame_equal(seg_table(cfg), table)
 
     files = write_submission_masks(cfg["paths"]["work"], tmp_path / "sub", "run1", cfg, model="hu_threshold_seg")
     pngs = sorted(files["mask_pngs"].glob("*.png"))

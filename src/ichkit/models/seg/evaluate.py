@@ -39,9 +39,37 @@ def _row(tp, n_pred, n_true, normal, ids, sized, size, truth_volumes) -> dict[st
             "volume_mae_ml": vol["volume_mae_ml"], "volume_corr": vol["volume_corr"]}
 
 
+def _all_brain_counts(work: Path, data: Any, ids: list[str], n_true: np.ndarray) -> np.ndarray:
+    """mask_counts (blood inside the brain mask, brain pixels, blood pixels) per image: the all-brain baseline.
+
+    Kept in ``<work>/seg_oof/.all_brain-<key>.npy``: the brain masks of ~1,800 slices take ~45 s, and
+    `segment`, `evaluate` and `report` each draw the table. The key holds what the counts depend on: the
+    images, their true areas (the cached masks), the brain-mask settings and the mask size.
+    """
+    import dataclasses
+    import hashlib
+    import json
+
+    from ichkit.files import atomic_path
+    from ichkit.metrics import mask_counts
+
+    key = hashlib.sha256(json.dumps({"ids": list(ids), "n_true": np.asarray(n_true).tolist(), "size": data.size,
+                                     "brain": dataclasses.asdict(data.features)}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = work / "seg_oof" / f".all_brain-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    counts = np.array([mask_counts(data.brain(i), data.truth(i)) for i in ids], dtype=np.float64).reshape(-1, 3)
+    for stale in path.parent.glob(".all_brain-*.npy"):
+        stale.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, counts)
+    return counts
+
+
 def seg_table(cfg: dict[str, Any], models: list[str] | None = None) -> pd.DataFrame:
     """One row per seg model with merged OOF files and per baseline (index `model`), best mean Dice first."""
-    from ichkit.metrics import mask_counts
     from ichkit.models.seg import results
     from ichkit.models.seg.data import SegData
     from ichkit.outputs.masks import read_truth_volumes, slices_with_sizes
@@ -73,7 +101,7 @@ def seg_table(cfg: dict[str, Any], models: list[str] | None = None) -> pd.DataFr
                           truth_volumes)
     zeros = np.zeros(len(ids))
     rows["baseline_empty"] = _row(zeros, zeros, n_true, normal, ids, sized, data.size, truth_volumes)
-    counts = np.array([mask_counts(data.brain(i), data.truth(i)) for i in ids], dtype=np.float64)
+    counts = _all_brain_counts(work, data, ids, n_true)
     rows["baseline_all_brain"] = _row(counts[:, 0], counts[:, 1], n_true, normal, ids, sized, data.size, truth_volumes)
     table = pd.DataFrame.from_dict(rows, orient="index")[list(SEG_TABLE_COLUMNS)]
     table.index.name = "model"
