@@ -197,7 +197,7 @@ def test_planted_patient_leak_is_not_rewarded_by_the_grouped_folds(tmp_path):
     by_image = pd.Series(np.random.default_rng(0).integers(0, 3, len(grouped)), index=grouped.index)
     leaky_split = _stack_logloss(w, ["model0", "leak"], by_image)
     assert with_leak > honest - 0.01, (honest, with_leak)   # grouped: the code buys nothing
-    assert leaky_split < honest - 0.05, (honest, leaky_split)  # image-level folds: it buys a lot
+    assert leaky_split < 0.8 * honest, (honest, leaky_split)  # image-level folds: it buys a lot (>20%)
 
     # the stage itself uses the grouped folds: its OOF score with the leak is the honest one
     ens = run_stack(w["cfg"], ["model0", "leak"], progress=False)
