@@ -87,6 +87,33 @@ def test_postprocess_drops_small_components_and_outside_brain():
     assert chosen == postprocess.PostProcess(0.5, 4, True) and score == 1.0
 
 
+def test_postprocess_choice_scores_every_candidate_as_apply_does():
+    """`choose` labels once per (threshold, brain) and reuses it for every minimum size: its scores must be
+    those of `PostProcess.apply` candidate by candidate (random smooth maps, blobs of many sizes)."""
+    from scipy import ndimage as ndi
+
+    from ichkit.metrics import dice
+
+    rng = np.random.default_rng(5)
+    probs = [ndi.gaussian_filter(rng.random((48, 48)), 1.5).astype(np.float32) for _ in range(6)]
+    probs = [(p - p.min()) / (p.max() - p.min()) for p in probs]
+    truths = [(ndi.gaussian_filter(rng.random((48, 48)), 2.0) > 0.52).astype(np.uint8) for _ in range(6)]
+    truths[0][:] = 0                                     # a normal slice: empty truth
+    blobs = np.zeros((48, 48), np.float32)              # components of exactly the grid's minimum sizes
+    blobs[5, 5:10], blobs[10:14, 10:15], blobs[20:26, 20:30] = 0.9, 0.9, 0.9   # 5, 20 and 60 px
+    probs.append(blobs)
+    truths.append((blobs > 0).astype(np.uint8))
+    brains = [np.pad(np.ones((40, 40), np.uint8), 4) for _ in range(len(probs))]
+    grid = [postprocess.PostProcess(t, m, b) for t in (0.4, 0.5, 0.6) for m in (0, 1, 5, 20, 60) for b in (True, False)]
+    brute = {pp: float(np.mean([dice(pp.apply(p, br), t) for p, br, t in zip(probs, brains, truths)])) for pp in grid}
+    for pp in grid:                                      # every candidate's own score
+        assert postprocess.choose(probs, truths, brains, [pp])[1] == pytest.approx(brute[pp], abs=1e-12), pp
+    chosen, score = postprocess.choose(probs, truths, brains, grid)
+    best = max(grid, key=lambda pp: (brute[pp], -grid.index(pp)))
+    assert chosen == best and score == pytest.approx(brute[best], abs=1e-12)
+    assert len(set(brute.values())) > 5                  # the grid really discriminates
+
+
 # --------------------------------------------------------------------------------------------------
 # a tiny work folder: 64-px head slices, a 70-HU blob with its mask on positive slices
 

@@ -64,12 +64,35 @@ def mean_dice(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> floa
 def choose(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], brains: Sequence[np.ndarray],
            candidates: Sequence[PostProcess]) -> tuple[PostProcess, float]:
     """The candidate with the best mean Dice on these (inner validation) images, and that Dice.
-    Ties go to the earlier candidate (the grid's order), so the choice is deterministic."""
+    Ties go to the earlier candidate (the grid's order), so the choice is deterministic.
+
+    Each (threshold, brain mask) pair labels an image's components once and every minimum size reuses
+    that labelling: the same masks as `PostProcess.apply`, at a fifth of the labelling work for the
+    default grid (5 sizes)."""
+    from scipy import ndimage as ndi
+
+    from ichkit.metrics import dice
+
     if not len(truths):
         raise SegError("post-processing: no validation images to choose on")
+    scores: dict[PostProcess, float] = {}
+    pairs = dict.fromkeys((pp.threshold, pp.brain_mask) for pp in candidates)
+    for threshold, brain_mask in pairs:
+        sizes_wanted = [pp for pp in candidates if (pp.threshold, pp.brain_mask) == (threshold, brain_mask)]
+        dices: dict[PostProcess, list[float]] = {pp: [] for pp in sizes_wanted}
+        for prob, brain, truth in zip(probs, brains, truths):
+            mask = np.asarray(prob) >= threshold
+            if brain_mask and brain is not None:
+                mask &= np.asarray(brain) > 0
+            labels, _ = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+            sizes = np.bincount(labels.ravel())
+            for pp in sizes_wanted:
+                keep = sizes >= pp.min_size if pp.min_size > 1 else sizes > 0
+                keep[0] = False
+                dices[pp].append(dice(keep[labels], truth))
+        scores.update({pp: float(np.mean(d)) for pp, d in dices.items()})
     best, best_score = candidates[0], -1.0
     for pp in candidates:
-        score = mean_dice([pp.apply(p, b) for p, b in zip(probs, brains)], truths)
-        if score > best_score + 1e-12:
-            best, best_score = pp, score
+        if scores[pp] > best_score + 1e-12:
+            best, best_score = pp, scores[pp]
     return best, best_score
