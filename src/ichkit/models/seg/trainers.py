@@ -95,8 +95,7 @@ class HUThresholdSeg(FoldTrainer):
                 continue
             # one candidate mask per image at the smallest size; larger minimum sizes only drop components
             base = [self._candidates(i, low, high, min_sizes[0]) for i in ids]
-            for m in min_sizes:
-                score = postprocess.mean_dice([postprocess.remove_small(b, m) for b in base], truths)
+            for m, score in zip(min_sizes, postprocess.mean_dice_by_min_size(base, truths, min_sizes)):
                 if score > best_score + 1e-12:
                     best, best_score = {"clot_low": float(low), "clot_high": float(high), "min_px": m}, score
         if best is None:
