@@ -66,7 +66,9 @@ def registered_models(requested: str, cfg: dict) -> tuple[list[str], list[str]]:
     defaults = list(cfg["train"]["models"] or []) + list((cfg.get("seg") or {}).get("models") or [])
     names: list[str] = []
     for n in (n.strip() for n in requested.split(",")):  # "all" may stand among names: all,cnn_baseline
-        names += [m for m in (defaults if n == "all" else [n] if n else []) if m not in names]
+        for m in defaults if n == "all" else [n]:
+            if m and m not in names:
+                names.append(m)
     known = set(list_models())
     return [n for n in names if n in known], [n for n in names if n not in known]
 

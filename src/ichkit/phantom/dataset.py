@@ -30,6 +30,7 @@ from ichkit.phantom.study import render_slice
 from ichkit.phantom.writer import CORRUPTIONS, PIXEL_ENCODINGS, FileEncoding, SliceHeader, corrupt_file, write_slice
 from ichkit.workers import process_pool, worker_count
 
+
 class PhantomError(IchkitError):
     """A phantom request that cannot run as given (counts, fraction, seed, output folder); names it."""
 

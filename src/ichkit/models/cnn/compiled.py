@@ -67,18 +67,14 @@ def forget_compiled() -> None:
 
 
 def reset_optimizer(optimizer: Any) -> None:
-    """Zero every slot and the step counter, keeping the learning rate: a fresh optimizer's state.
-
-    The learning-rate variable is left alone: setting ``optimizer.learning_rate`` makes a new variable,
-    which retraces the train step (~15 s) and defeats the reuse.
-    """
+    """Zero every slot and the step counter, keeping the learning rate: a fresh optimizer's state (the
+    learning rate is part of the reuse key, so the variable already holds this fold's)."""
     import numpy as np
 
     lr_variable = getattr(optimizer, "_learning_rate", None)
     for v in optimizer.variables:
-        if v is lr_variable or v.path.endswith("learning_rate"):
-            continue
-        v.assign(np.zeros(tuple(v.shape), dtype=v.dtype))
+        if v is not lr_variable:
+            v.assign(np.zeros(tuple(v.shape), dtype=v.dtype))
 
 
 def _same_variables(a: Any, b: Any) -> bool:

@@ -230,9 +230,9 @@ class CNNTrainer(FoldTrainer):
     def _compile(self, lr: float, model: Any = None) -> None:
         import keras
 
-        (model or self.model).compile(optimizer=keras.optimizers.Adam(lr),
-                           loss={"class7": keras.losses.CategoricalCrossentropy(), "rsna": rsna_weighted_bce},
-                           metrics={"class7": [keras.metrics.CategoricalAccuracy(name="acc")]})
+        losses = {"class7": keras.losses.CategoricalCrossentropy(), "rsna": rsna_weighted_bce}
+        (model or self.model).compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
+                                      metrics={"class7": [keras.metrics.CategoricalAccuracy(name="acc")]})
 
     def _set_encoder_trainable(self, trainable: bool) -> None:
         from ichkit.models.cnn.nets import ENCODER_NAME
@@ -285,18 +285,18 @@ class CNNTrainer(FoldTrainer):
         batch = int(s["batch_size"]) * replicas
         train_seq = self._sequence(list(train_ids), True, batch)
         valid_seq = self._sequence(self._valid_ids(valid_ids), False, batch)
-        single_phase = len(self.phases()) == 1
+        phases = self.phases()
+        single_phase = len(phases) == 1
         with strategy.scope():
             if single_phase:  # later folds reuse the first fold's traced graphs (see compiled.py)
-
-                lr = self.phases()[0][3]
+                lr = phases[0][3]
                 key = json.dumps({"model": self.spec.name, "settings": s, "channels": self._channels(), "lr": lr,
                                   "replicas": replicas}, sort_keys=True, default=str)
                 self.model = reuse_compiled(key, lambda: self._build(s["weights"]), lambda m: self._compile(lr, m))
             else:
                 self.model = self._build(s["weights"])
         checkpoint = _epoch_callback_class()(fold_dir, state, int(s.get("patience") or 0), [train_seq])
-        for name, start, end, lr, trainable in self.phases():
+        for name, start, end, lr, trainable in phases:
             if name in state["phases_done"]:
                 continue
             if state["phases_done"] and not (fold_dir / "backup" / name).exists():

@@ -62,9 +62,8 @@ def _all_brain_counts(work: Path, data: Any, ids: list[str], n_true: np.ndarray)
     counts = np.array([mask_counts(data.brain(i), data.truth(i)) for i in ids], dtype=np.float64).reshape(-1, 3)
     for stale in path.parent.glob(".all_brain-*.npy"):
         stale.unlink(missing_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, counts)
+    with atomic_path(path) as tmp:  # the temporary name keeps the .npy suffix, so np.save adds none
+        np.save(tmp, counts)
     return counts
 
 
