@@ -64,7 +64,9 @@ def throughput(profile: dict, images: int) -> dict[str, float]:
     y_cls = y_mask.max(axis=(1, 2, 3))
     out: dict[str, float] = {"size": size, "batch": batch, "images": images}
     for name, model, y, loss in (
-        ("unet", build_resnet50_unet(size, decoder_filters=profile["decoder_filters"]), y_mask, get_loss(profile["loss"])),
+        ("unet", build_resnet50_unet(size, decoder_filters=profile["decoder_filters"],
+                                     bn_momentum=float(profile["bn_momentum"]), init_prior=profile["init_prior"]),
+         y_mask, get_loss(profile["loss"])),
         ("classifier", _classifier(size), y_cls, "binary_crossentropy"),
     ):
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss)

@@ -319,3 +319,23 @@ def test_unet_size_must_allow_five_downsamplings():
 
     with pytest.raises(ValueError, match="multiple of 32"):
         build_resnet50_unet(48)
+
+
+def test_unet_starts_at_the_blood_prior_with_a_full_resolution_input_skip():
+    import math
+
+    from keras import layers
+
+    from ichkit.models.seg.unet import build_resnet50_unet
+
+    model = build_resnet50_unet(32, decoder_filters=[8, 8, 8, 8, 8], bn_momentum=0.9, init_prior=0.01)
+    # the output starts at the prior: bias = logit(0.01), not 0 (a 0.5 start that ~100 CPU steps unlearn)
+    bias = model.get_layer("mask").get_weights()[1]
+    assert bias[0] == pytest.approx(math.log(0.01 / 0.99), rel=1e-6)
+    # the last decoder step concatenates the input windows (full resolution) with the upsampled map
+    last = model.get_layer("dec4_concat")
+    assert any(t is model.inputs[0] or t.name == model.inputs[0].name for t in last.input)
+    assert last.output.shape[1:3] == (32, 32)
+    # every BatchNormalization (encoder and decoder) uses the profile's momentum
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    assert bns and {round(b.momentum, 6) for b in bns} == {0.9}

@@ -137,7 +137,7 @@ def profile(cfg: dict[str, Any], name: str | None = None) -> dict[str, Any]:
 class ResNet50UNetSeg(FoldTrainer):
     """ResNet50 U-Net, trained through the shared input pipeline; post-processing chosen on valid_ids."""
 
-    code_version = "1"
+    code_version = "2"   # 2: input skip at full resolution, prior-initialised output, profile BatchNorm momentum
     WEIGHTS = "latest.weights.h5"
 
     def __init__(self, spec: Any, params: dict[str, Any], ctx: FoldContext):
@@ -162,7 +162,8 @@ class ResNet50UNetSeg(FoldTrainer):
         weights = p["weights"] if p["weights"] not in (None, "none", "null") else None
 
         def build():
-            return build_resnet50_unet(int(p["size"]), weights=weights, decoder_filters=p["decoder_filters"])
+            return build_resnet50_unet(int(p["size"]), weights=weights, decoder_filters=p["decoder_filters"],
+                                       bn_momentum=float(p["bn_momentum"]), init_prior=p["init_prior"])
 
         def compile_model(model) -> None:
             # run_eagerly skips tracing the ~500-variable train / predict graphs (~20 s on 2 cores): quicker

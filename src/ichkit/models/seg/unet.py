@@ -3,8 +3,10 @@ resolution, one sigmoid output channel (blood probability per pixel).
 
 Skips are the encoder's stage outputs (conv1_relu 1/2, conv2_block3_out 1/4, conv3_block4_out 1/8,
 conv4_block6_out 1/16; conv5_block3_out 1/32 is the bottleneck). Each decoder step upsamples x2,
-concatenates the skip and applies two 3x3 conv-BN-ReLU; the last step returns to full resolution with no
-skip. `weights="imagenet"` loads the real Keras ImageNet weights (needs the download); the tests and
+concatenates the skip and applies two 3x3 conv-BN-ReLU; the last step returns to full resolution and
+concatenates the input windows themselves (ResNet50 has no full-resolution stage: without this skip every
+pixel's intensity reaches the output only through the stride-2 7x7 stem, and a thin rim of blood along the
+skull is lost to it). `weights="imagenet"` loads the real Keras ImageNet weights (needs the download); the tests and
 the CPU demo use `weights=None`.
 """
 
@@ -31,13 +33,23 @@ def _conv_block(x, filters: int, name: str):
 
 
 def build_resnet50_unet(size: int, weights: str | None = None,
-                        decoder_filters: Sequence[int] = (256, 128, 64, 32, 16)):
+                        decoder_filters: Sequence[int] = (256, 128, 64, 32, 16), bn_momentum: float = 0.99,
+                        init_prior: float | None = None):
     """An uncompiled Keras model: (size, size, 3) windows in [0, 1] (what `models.cnn.inputs.CacheSequence`
     yields) in, (size, size, 1) sigmoid out.
 
     `size` must be a multiple of 32 (five x2 downsamplings). ResNet50's own preprocessing (caffe: x255,
     minus the ImageNet channel means) is the model's first layer, so callers never repeat it.
+    `bn_momentum` is every BatchNormalization's (encoder and decoder): Keras' 0.99 needs several hundred
+    steps to forget its (0, 1) start, more than a CPU run of ~100 steps takes (`models.cnn.nets.set_bn_momentum`).
+    `init_prior`: the output's initial blood probability (its bias = the logit; RetinaNet's prior
+    initialisation). Blood is ~0.5% of the pixels: a network that starts at 0.5 everywhere spends its first
+    ~100 steps unlearning that, and on a CPU run that is all the steps it gets (it then predicts nothing).
     """
+    import math
+
+    from ichkit.models.cnn.nets import set_bn_momentum
+
     import keras
     from keras import layers
 
@@ -54,8 +66,11 @@ def build_resnet50_unet(size: int, weights: str | None = None,
     x = encoder.get_layer(BOTTLENECK).output
     for i, filters in enumerate(decoder_filters):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{i}_up")(x)
-        if i < len(SKIP_LAYERS):
-            x = layers.Concatenate(name=f"dec{i}_concat")([x, encoder.get_layer(SKIP_LAYERS[i]).output])
+        skip = encoder.get_layer(SKIP_LAYERS[i]).output if i < len(SKIP_LAYERS) else inputs
+        x = layers.Concatenate(name=f"dec{i}_concat")([x, skip])
         x = _conv_block(x, filters, f"dec{i}")
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
-    return keras.Model(inputs, outputs, name="resnet50_unet_seg")
+    bias = "zeros" if init_prior is None else keras.initializers.Constant(math.log(init_prior / (1.0 - init_prior)))
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", bias_initializer=bias, name="mask")(x)
+    model = keras.Model(inputs, outputs, name="resnet50_unet_seg")
+    set_bn_momentum(model, bn_momentum)
+    return model
