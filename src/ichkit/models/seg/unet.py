@@ -6,8 +6,8 @@ conv4_block6_out 1/16; conv5_block3_out 1/32 is the bottleneck). Each decoder st
 concatenates the skip and applies two 3x3 conv-BN-ReLU; the last step returns to full resolution and
 concatenates the input windows themselves (ResNet50 has no full-resolution stage: without this skip every
 pixel's intensity reaches the output only through the stride-2 7x7 stem, and a thin rim of blood along the
-skull is lost to it). `weights="imagenet"` loads the real Keras ImageNet weights (needs the download); the tests and
-the CPU demo use `weights=None`.
+skull is lost to it). `weights="imagenet"` loads the real Keras ImageNet weights (needs the download); the
+tests and the CPU demo use `weights=None`.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def build_resnet50_unet(size: int, weights: str | None = None,
     """
     import math
 
-    from ichkit.models.cnn.nets import set_bn_momentum
-
     import keras
     from keras import layers
+
+    from ichkit.models.cnn.nets import set_bn_momentum
 
     if size % 32:
         raise SegError(f"resnet50_unet_seg: input size must be a multiple of 32, got {size}")
