@@ -339,3 +339,27 @@ def test_unet_starts_at_the_blood_prior_with_a_full_resolution_input_skip():
     # every BatchNormalization (encoder and decoder) uses the profile's momentum
     bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
     assert bns and {round(b.momentum, 6) for b in bns} == {0.9}
+
+
+def test_unet_flip_tta_maps_the_mirror_back(seg_work):
+    """With `tta` the probability map is the mean of the image's and its mirror's, the mirror's flipped back:
+    for a pixel-wise (flip-equivariant) network that mean is the plain map itself."""
+    import keras
+
+    from ichkit.engine.trainer import FoldContext
+    from ichkit.models.seg.trainers import ResNet50UNetSeg
+
+    cfg, slices, folds = seg_work
+    work = Path(cfg["paths"]["work"])
+    ctx = FoldContext(cfg=cfg, work=work, model="resnet50_unet_seg", fold=1, seed=42, task="seg", slices=slices,
+                      labels=pd.DataFrame())
+    trainer = ResNet50UNetSeg(None, {"size": 32, "batch": 4, "tta": False}, ctx)
+    inputs = keras.Input((32, 32, 3))
+    pick = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant([1.0, 0.0, 0.0]))
+    trainer.model = keras.Model(inputs, pick(inputs))   # the first window, pixel for pixel
+    ids = sorted(folds["image_id"])[:6]
+    plain = np.stack(trainer.probabilities(ids)).astype(int)
+    assert (plain != plain[:, :, ::-1]).any()            # the images are not mirror-symmetric: the check means something
+    trainer.params["tta"] = True
+    tta = np.stack(trainer.probabilities(ids)).astype(int)
+    assert np.abs(tta - plain).max() <= 1                # uint8 rounding of the mean

@@ -178,12 +178,12 @@ class ResNet50UNetSeg(FoldTrainer):
         key = json.dumps({"model": "resnet50_unet_seg", "params": p}, sort_keys=True, default=str)
         return reuse_compiled(key, build, compile_model)
 
-    def _sequence(self, ids: list[str], train: bool):
+    def _sequence(self, ids: list[str], train: bool, flip: bool = False):
         from ichkit.models.cnn.augment import ClassAugmenter
         from ichkit.models.cnn.inputs import CacheSequence
 
         p, inp = self.params, self.ctx.cfg["cnn"]["input"]
-        kw: dict[str, Any] = dict(size=int(p["size"]), batch_size=int(p["batch"]), kind=p["source"],
+        kw: dict[str, Any] = dict(size=int(p["size"]), batch_size=int(p["batch"]), kind=p["source"], flip=flip,
                                   workers=int(inp["workers"]), use_multiprocessing=bool(inp["use_multiprocessing"]),
                                   max_queue_size=int(inp["max_queue_size"]))
         if train:
@@ -195,12 +195,16 @@ class ResNet50UNetSeg(FoldTrainer):
         return CacheSequence(self.ctx.work, ids, **kw)
 
     def probabilities(self, ids: list[str]) -> list[np.ndarray]:
-        """Blood probability maps at seg_size (uint8 0-255 to keep a validation set small in memory)."""
+        """Blood probability maps at seg_size (uint8 0-255 to keep a validation set small in memory); with
+        the profile's `tta`, the mean of the image's and its mirror's maps (the mirror's flipped back)."""
         import cv2
 
         if not ids:
             return []
         raw = self.model.predict(self._sequence(ids, train=False), verbose=0)[..., 0]
+        if self.params.get("tta"):
+            mirrored = self.model.predict(self._sequence(ids, train=False, flip=True), verbose=0)[..., 0]
+            raw = (raw + mirrored[:, :, ::-1]) / 2.0
         size = self.data.size
         return [np.round(cv2.resize(r, (size, size), interpolation=cv2.INTER_LINEAR) * 255).astype(np.uint8)
                 for r in raw]
