@@ -96,6 +96,16 @@ def test_validation_batches_are_the_cached_images_untouched(work):
     assert x2.shape[0] == 1                                  # last, partial batch
 
 
+def test_masks_of_positive_slices_without_truth_are_marked_unknown(work):
+    ids = ["a0", "a5", "a10"]
+    seq = CacheSequence(work, ids, size=SIZE, batch_size=3, masks=True, unknown_masks=["a5"], windows=WINDOWS)
+    _, y = seq[0]
+    assert y.shape == (3, SIZE, SIZE, 1)
+    assert (y[0] == 0).all()                                 # no mask file, not unknown: a normal slice, empty
+    assert (y[1] == -1).all()                                # no pixel truth: left out of the mask loss
+    assert set(np.unique(y[2])) == {0.0, 1.0}                # the cached mask
+
+
 def test_balanced_epochs_draw_equal_counts_and_change_every_epoch(work):
     labels = np.array([6] * 20 + [1] * 3 + [5] * 7)
     order = epoch_order(labels, len(labels), 5, True, np.random.default_rng(0))

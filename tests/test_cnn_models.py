@@ -45,6 +45,12 @@ def test_unet_classifiers_use_the_named_skips_and_give_both_heads(name, sizes):
         np.testing.assert_allclose(np.asarray(out["class7"]).sum(axis=1), 1.0, rtol=1e-5)
         assert model.get_layer("head_dense256").units == 256 and model.get_layer("head_dense128").units == 128
         assert model.get_layer("head_drop1").rate == 0.4 and model.get_layer("head_drop2").rate == 0.3
+        # the deep-supervision mask output: the decoder's last map at the input size, starting at the blood prior
+        masked = nets.build(name, size, decoder_filters=SMALL_DECODER, mask_head=True)
+        m = masked(np.zeros((2, size, size, 3), np.float32))["mask"]
+        assert tuple(m.shape) == (2, size, size, 1)
+        assert masked.get_layer("mask_half").get_weights()[1][0] == pytest.approx(np.log(0.01 / 0.99), rel=1e-6)
+        assert masked.get_layer("mask_half").input.shape[1:3] == masked.get_layer(f"dec{len(SMALL_DECODER)}_drop").output.shape[1:3]
 
 
 def test_baseline_and_nine_channel_stem():
@@ -235,3 +241,55 @@ def test_inner_validation_is_class_balanced_like_the_training_epochs(tiny):
     balanced = _trainer(tiny, "cnn_baseline", samples_per_class=2, valid_max=7)._valid_ids(ids)
     assert labels.loc[balanced, "y7"].value_counts().to_dict() == {c: 1 for c in range(7)}
     assert _trainer(tiny, "cnn_baseline", valid_max=None)._valid_ids(ids) == ids
+
+
+def test_mask_head_trains_on_known_masks_only(tiny, tmp_path):
+    """mask_weight > 0: the U-Net classifier gets the ``mask`` output and its loss; normal slices teach an
+    empty mask, positive slices without a pixel truth (this table has no masks) are all -1 (left out)."""
+    from ichkit.models.cnn.compiled import forget_compiled
+
+    _, _, _, labels = tiny
+    ids = labels.index.tolist()
+    trainer = _trainer(tiny, "resnet50_unet_cls", epochs=1, mask_weight=1.0)
+    assert trainer.mask_head
+    some = labels.index[labels["any"] == 1][:4].tolist() + labels.index[labels["any"] == 0][:4].tolist()
+    seq = trainer._sequence(some, True, 8)
+    _, y = seq[0]
+    positive = labels.loc[[some[k] for k in seq.order], "any"].to_numpy() == 1
+    assert positive.sum() == 4
+    assert (y["mask"][positive] == -1).all() and (y["mask"][~positive] == 0).all()
+    forget_compiled()
+    trainer.fit(ids, ids[::7], tmp_path, resume=False)
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert "mask_loss" in log.columns and np.isfinite(log["mask_loss"]).all()
+    frame = trainer.predict(ids[:4])
+    assert list(frame.columns) == list(OOF_COLUMNS)
+    forget_compiled()
+    assert not _trainer(tiny, "resnet50_unet_cls", mask_weight=0.0).mask_head
+
+
+def test_rsna_probabilities_follow_train_rsna_head(tiny, tmp_path):
+    """binary: the sigmoid head as predicted; class7: the softmax mapped; prior_corrected: the softmax after
+    the balanced epochs' uniform prior is swapped for the training folds' prior (fewer positives)."""
+    from ichkit.heads import class_prior
+
+    _, _, _, labels = tiny
+    trainer = _trainer(tiny, "cnn_baseline", epochs=1, samples_per_class=2)
+    trainer.ctx.options["rsna_head"] = "prior_corrected"
+    ids = labels.index.tolist()
+    trainer.fit(ids, ids[::7], tmp_path, resume=False)
+    assert trainer.head["rsna_head"] == "prior_corrected" and trainer.head["balanced"]
+    np.testing.assert_allclose(trainer.head["class_prior"], class_prior(labels["y7"].to_numpy()))
+    normal = CLASS7_INDEX["normal"]
+    prior = np.full(7, 0.3 / 6)
+    prior[normal] = 0.7
+    trainer.head.update(class_prior=prior.tolist(), multi_share=[0.4] * 5)
+    p7, sigmoid = np.full((2, 7), 1 / 7), np.full((2, 6), 0.9)
+    trainer.head["rsna_head"] = "binary"
+    np.testing.assert_allclose(trainer.rsna(p7, sigmoid), sigmoid)
+    trainer.head["rsna_head"] = "class7"
+    np.testing.assert_allclose(trainer.rsna(p7, sigmoid)[:, 0], 6 / 7)           # any = 1 - p(normal)
+    trainer.head["rsna_head"] = "prior_corrected"
+    np.testing.assert_allclose(trainer.rsna(p7, sigmoid)[:, 0], 0.3)             # 1 - 0.7 / (0.7 + 6 x 0.05)
+    trainer.save(tmp_path)
+    assert CNNTrainer.load(tmp_path, trainer.ctx).head == trainer.head

@@ -54,6 +54,17 @@ def test_soft_dice_loss_is_one_minus_dice():
         get_loss("jaccard")
 
 
+def test_unknown_truths_are_left_out_of_the_loss():
+    from ichkit.models.seg.losses import bce_dice_loss, ignoring_unknown
+
+    t, p = _masks()
+    truth = np.concatenate([t[:1], np.full_like(t[:1], -1)])
+    pred = np.concatenate([p[:1], p[:1]]) * 0.9 + 0.05
+    loss = np.asarray(ignoring_unknown(bce_dice_loss)(truth, pred))
+    assert loss[1] == 0.0                                    # all -1: no truth, no loss
+    assert loss[0] == pytest.approx(float(np.asarray(bce_dice_loss(truth[:1], pred[:1]))[0]), rel=1e-6)
+
+
 def test_overlap_metrics_on_hand_made_masks():
     t, p = _masks()
     s = mask_scores(p[0, ..., 0], t[0, ..., 0])

@@ -7,7 +7,9 @@
 - classification: ``x`` float32 (B, size, size, C) in [0, 1] and the ``targets`` given (a dict of
   per-id arrays, e.g. ``{"class7": one-hot (n, 7), "rsna": (n, 6)}``), batch-sliced;
 - segmentation (``kind="seg", masks=True``): ``x`` from the ``seg`` cache and the mask from the ``mask``
-  cache as float32 (B, size, size, 1) 0/1 (an image without a mask file is all background);
+  cache as float32 (B, size, size, 1) 0/1 (an image without a mask file is all background, except the
+  ``unknown_masks`` ids, positive slices without a pixel truth: their mask is all -1, which
+  `ichkit.models.seg.losses.ignoring_unknown` leaves out of the loss);
 - prediction (no targets, no masks): ``(x,)``.
 
 With exactly one target the bare array is yielded instead of a one-key dict (a single-output model).
@@ -140,7 +142,8 @@ class CacheSequence(PyDataset):
     ``batch_size``; ``kind`` ``cls`` | ``seg`` (which cached image); ``context`` (``none`` | ``subdural3``
     | ``all9``) with ``slices`` (the slice table, needed for 2.5D) and ``max_gap``; ``labels7`` (CLASSES7
     indices, needed for balanced sampling and class policies); ``targets`` (name -> per-id array);
-    ``masks`` (add the ``mask`` target); ``augmenter`` (training only); ``samples_per_class``;
+    ``masks`` (add the ``mask`` target) with ``unknown_masks`` (ids whose mask is -1: no truth);
+    ``augmenter`` (training only); ``samples_per_class``;
     ``shuffle``; ``seed``; ``windows`` (default: the cache's); ``hu_ids`` (ids whose HU map is real HU,
     enabling window jitter); ``flip`` (mirror every image left-right: flip TTA at prediction); the rest
     goes to `keras.utils.PyDataset` (workers, use_multiprocessing, max_queue_size).
@@ -151,7 +154,8 @@ class CacheSequence(PyDataset):
                  labels7: np.ndarray | None = None, targets: Mapping[str, np.ndarray] | None = None,
                  masks: bool = False, augmenter: Any = None, samples_per_class: int | None = None,
                  shuffle: bool = False, seed: int = 0, windows: Mapping[str, Sequence[float]] | None = None,
-                 hu_ids: Iterable[str] | None = None, flip: bool = False, **pydataset_kwargs: Any):
+                 hu_ids: Iterable[str] | None = None, flip: bool = False,
+                 unknown_masks: Iterable[str] | None = None, **pydataset_kwargs: Any):
         super().__init__(**pydataset_kwargs)
         if kind not in ("cls", "seg"):
             raise CNNError(f"kind must be cls or seg, got {kind!r}")
@@ -168,6 +172,8 @@ class CacheSequence(PyDataset):
             if len(arr) != len(self.ids):
                 raise CNNError(f"target {name!r} has {len(arr)} rows for {len(self.ids)} ids")
         self.masks = bool(masks)
+        unknown = frozenset(str(i) for i in (unknown_masks if unknown_masks is not None else ()))
+        self.unknown_mask = np.array([i in unknown for i in self.ids], dtype=bool)
         self.augmenter = augmenter
         if augmenter is not None and self.labels7 is None:
             raise CNNError("augmentation picks its policy by label: pass labels7 with an augmenter")
@@ -269,6 +275,7 @@ class CacheSequence(PyDataset):
         y = {name: arr[positions] for name, arr in self.targets.items()}
         if self.masks:
             y["mask"] = np.stack(masks).astype(np.float32)[..., None]
+            y["mask"][self.unknown_mask[positions]] = -1.0
         if not y:
             return (x,)
         if len(y) == 1:

@@ -9,7 +9,11 @@ U-Net-style classifiers: the encoder from `keras.applications` gives skips at 1/
 at 1/32 (`SKIP_LAYERS`); the decoder upsamples the bridge with Conv2DTranspose, resizes it to the skip's
 size where they differ (Xception's valid-padded stem gives odd sizes), concatenates, then 3x3 conv + BN +
 ReLU + dropout, up to 1/2 resolution. The head pools the last decoder map (global average) ->
-Dense(256) ReLU, dropout 0.4 -> Dense(128) ReLU, dropout 0.3 -> the two outputs.
+Dense(256) ReLU, dropout 0.4 -> Dense(128) ReLU, dropout 0.3 -> the two outputs. With ``mask_head`` a
+third output, ``mask`` (sigmoid blood probability at the input size, from a 1x1 conv on that same decoder
+map), lets the trainer supervise the decoder with the ground-truth masks (deep supervision: a dense
+per-pixel signal that tells a randomly initialised encoder where blood is far sooner than one label per
+image does; the classification head pools the features it shapes).
 """
 
 from __future__ import annotations
@@ -122,11 +126,13 @@ def _decoder_block(x, skip, filters: int, dropout: float, index: int):
 
 def unet_classifier(encoder: str, size: int, channels: int = 3, weights: str | None = None,
                     decoder_filters: Sequence[int] = (256, 128, 64, 32), decoder_dropout: float = 0.2,
-                    frozen_bn: bool = False) -> keras.Model:
+                    frozen_bn: bool = False, mask_head: bool = False, mask_prior: float = 0.01) -> keras.Model:
     """ResNet50 / Xception encoder + U-Net-style decoder to 1/2 resolution + the classification heads.
 
     `frozen_bn`: call the encoder with training=False, so its BatchNorm layers stay in inference mode
     (pretrained encoders: during the frozen phase and after, as Keras' fine-tuning guide advises).
+    `mask_head`: add the ``mask`` output (size, size, 1), its bias at the blood prior `mask_prior` (as the
+    segmentation U-Net's, `ichkit.models.seg.unet`).
     """
     if len(decoder_filters) != 4:
         raise CNNError(f"decoder_filters needs 4 values (1/16 .. 1/2), got {list(decoder_filters)}")
@@ -140,7 +146,14 @@ def unet_classifier(encoder: str, size: int, channels: int = 3, weights: str | N
     for i, (skip, filters) in enumerate(zip(reversed(skips), decoder_filters)):
         x = _decoder_block(x, skip, int(filters), decoder_dropout, i + 1)
     features = layers.GlobalAveragePooling2D(name="gap")(x)
-    model = keras.Model(inputs, _heads(features), name=f"{encoder}_unet_cls")
+    outputs = _heads(features)
+    if mask_head:
+        import math
+
+        prior = keras.initializers.Constant(math.log(mask_prior / (1.0 - mask_prior)))
+        m = layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=prior, dtype="float32", name="mask_half")(x)
+        outputs["mask"] = layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="mask")(m)
+    model = keras.Model(inputs, outputs, name=f"{encoder}_unet_cls")
     if weight_file is not None:
         load_weights_file(model, weight_file)
     return model
@@ -207,13 +220,15 @@ def set_bn_momentum(model: keras.Model, momentum: float, skip: str | None = None
 
 def build(name: str, size: int, channels: int = 3, weights: str | None = None, frozen_bn: bool = False,
           decoder_filters: Sequence[int] = (256, 128, 64, 32), decoder_dropout: float = 0.2,
-          baseline_width: int = 32, bn_momentum: float = 0.99) -> keras.Model:
-    """A registered CNN by name. `bn_momentum` applies to every BatchNorm not in a frozen (pretrained) encoder."""
+          baseline_width: int = 32, bn_momentum: float = 0.99, mask_head: bool = False) -> keras.Model:
+    """A registered CNN by name. `bn_momentum` applies to every BatchNorm not in a frozen (pretrained) encoder;
+    `mask_head` (U-Net classifiers only: the baseline has no decoder) adds the ``mask`` output."""
     encoders = {"resnet50_unet_cls": "resnet50", "xception_unet_cls": "xception"}
     if name == "cnn_baseline":
         model = baseline_cnn(size, channels, weights, baseline_width)
     elif name in encoders:
-        model = unet_classifier(encoders[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn)
+        model = unet_classifier(encoders[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn,
+                                mask_head=mask_head)
     else:
         raise CNNError(f"unknown CNN {name!r}; expected cnn_baseline or one of {sorted(encoders)}")
     set_bn_momentum(model, bn_momentum, skip=ENCODER_NAME if frozen_bn else None)

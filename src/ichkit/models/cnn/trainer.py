@@ -14,7 +14,16 @@ Phases: with pretrained weights (imagenet or a PATH) phase 1 trains ``freeze_epo
 frozen and its BatchNorm in inference mode; phase 2 unfreezes it and recompiles at ``lr *
 finetune_lr_factor``. With ``weights: none`` a frozen random encoder would learn nothing, so only the
 second phase runs, at ``lr``. Loss: categorical cross-entropy on ``class7`` + BCE on ``rsna`` weighted
-2 for ``any`` (the competition weights). Early stopping and best checkpoint on the inner validation split.
+2 for ``any`` (the competition weights); for the U-Net classifiers with ``mask_weight`` > 0, plus that
+weight times ``mask_loss`` (a `ichkit.models.seg.losses` name) of the decoder's ``mask`` output against
+the ground-truth masks (normal slices: empty; positive slices without a mask: left out). Early stopping
+and best checkpoint on the inner validation split.
+
+The six RSNA probabilities follow ``train.rsna_head`` as in every family (`ichkit.heads`): ``binary`` is
+the network's own sigmoid head; ``class7`` maps its softmax; ``prior_corrected`` (the default) maps the
+softmax after undoing the balanced epochs' uniform class prior with the training folds' prior (balanced
+epochs make a network call most slices positive, which the RSNA log loss punishes; the 7 class
+probabilities stay as trained, for the balanced 7-class metrics).
 
 On GPUs, mixed precision (``mixed_float16``) and `tf.distribute.MirroredStrategy` switch on by
 themselves; the global batch is ``batch_size`` per replica times the replicas.
@@ -40,7 +49,7 @@ MODEL_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
 RSNA_LOSS_WEIGHTS = tuple(2.0 if label == "any" else 1.0 for label in RSNA_LABELS)
 # settings a fitted model needs to be rebuilt and fed identically
-ARCH_KEYS = ("size", "context", "decoder_filters", "decoder_dropout", "baseline_width", "tta")
+ARCH_KEYS = ("size", "context", "decoder_filters", "decoder_dropout", "baseline_width", "tta", "mask_weight")
 
 
 def resolve_settings(cfg: dict[str, Any], params: dict[str, Any], model: str) -> dict[str, Any]:
@@ -158,12 +167,13 @@ def write_state(fold_dir: Path, state: dict[str, Any]) -> None:
 class CNNTrainer(FoldTrainer):
     """One CNN on one fold. `params` are the model's (None = from the profile); see the module docstring."""
 
-    code_version = "2"
+    code_version = "3"   # 3: the U-Net classifiers' mask output (deep supervision), the RSNA head of train.rsna_head
 
     def __init__(self, spec: Any, params: dict[str, Any], ctx: FoldContext) -> None:
         self.spec, self.params, self.ctx = spec, dict(params), ctx
         self.settings = resolve_settings(ctx.cfg, self.params, spec.name)
         self.model = None
+        self.head: dict[str, Any] = {}         # train.rsna_head and the training folds' class prior / multi share
         self.extra_callbacks: list[Any] = []   # tests inject interruptions here
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -192,6 +202,11 @@ class CNNTrainer(FoldTrainer):
         if train:
             kwargs.update(augmenter=ClassAugmenter.from_config(self.ctx.cfg, int(s["size"])), shuffle=True,
                           samples_per_class=s.get("samples_per_class"))
+        if self.mask_head:
+            from ichkit.models.seg.data import truth_kind
+
+            kind = truth_kind(self.ctx.slices[self.ctx.slices["image_id"].isin(ids)], self.ctx.labels)
+            kwargs.update(masks=True, unknown_masks=kind.index[kind == "unknown"].tolist())
         return CacheSequence(self.ctx.work, ids, labels7=y7, targets=targets, **kwargs)
 
     def _valid_ids(self, valid_ids: list[str]) -> list[str]:
@@ -225,13 +240,25 @@ class CNNTrainer(FoldTrainer):
         pretrained = weights not in (None, "none", "None", "")
         return nets.build(self.spec.name, int(s["size"]), self._channels(), weights, frozen_bn=pretrained,
                           decoder_filters=tuple(s["decoder_filters"]), decoder_dropout=float(s["decoder_dropout"]),
-                          baseline_width=int(s["baseline_width"]), bn_momentum=float(s["bn_momentum"]))
+                          baseline_width=int(s["baseline_width"]), bn_momentum=float(s["bn_momentum"]),
+                          mask_head=self.mask_head)
+
+    @property
+    def mask_head(self) -> bool:
+        """The model has the decoder's ``mask`` output, trained on the masks (U-Net classifiers, mask_weight > 0)."""
+        return self.spec.name != "cnn_baseline" and float(self.settings.get("mask_weight") or 0) > 0
 
     def _compile(self, lr: float, model: Any = None) -> None:
         import keras
 
         losses = {"class7": keras.losses.CategoricalCrossentropy(), "rsna": rsna_weighted_bce}
-        (model or self.model).compile(optimizer=keras.optimizers.Adam(lr), loss=losses,
+        weights = {"class7": 1.0, "rsna": 1.0}
+        if self.mask_head:
+            from ichkit.models.seg.losses import get_loss, ignoring_unknown
+
+            losses["mask"] = ignoring_unknown(get_loss(str(self.settings["mask_loss"])))
+            weights["mask"] = float(self.settings["mask_weight"])
+        (model or self.model).compile(optimizer=keras.optimizers.Adam(lr), loss=losses, loss_weights=weights,
                                       metrics={"class7": [keras.metrics.CategoricalAccuracy(name="acc")]})
 
     def _set_encoder_trainable(self, trainable: bool) -> None:
@@ -269,8 +296,16 @@ class CNNTrainer(FoldTrainer):
     def fit(self, train_ids: list[str], valid_ids: list[str], fold_dir: Path, resume: bool) -> None:
         import keras
 
+        from ichkit.heads import check_head, class_prior, multi_share_from_labels
+        from ichkit.labels import SUBTYPES
+
         fold_dir = Path(fold_dir)
         fold_dir.mkdir(parents=True, exist_ok=True)
+        seen = self.ctx.labels.loc[list(train_ids)]
+        self.head = {"rsna_head": check_head(str(self.ctx.options.get("rsna_head", "binary"))),
+                     "balanced": bool(self.settings.get("samples_per_class")),
+                     "class_prior": class_prior(seen["y7"].to_numpy()).tolist(),
+                     "multi_share": multi_share_from_labels(seen[list(SUBTYPES)]).tolist()}
         state = read_state(fold_dir) if resume else None
         if state is None:
             for stale in ("backup", "log.csv", STATE_FILE, "latest.weights.h5", "best.weights.h5"):
@@ -333,7 +368,19 @@ class CNNTrainer(FoldTrainer):
         p7 = np.mean([o["class7"] for o in outs], axis=0).astype(np.float64)
         p6 = np.mean([o["rsna"] for o in outs], axis=0).astype(np.float64)
         p7 /= p7.sum(axis=1, keepdims=True)
-        return predictions_frame(list(ids), self.ctx.fold, p7, p6)
+        return predictions_frame(list(ids), self.ctx.fold, p7, self.rsna(p7, p6))
+
+    def rsna(self, p7: np.ndarray, p6_sigmoid: np.ndarray) -> np.ndarray:
+        """The 6 RSNA probabilities by ``train.rsna_head`` (see the module docstring)."""
+        from ichkit.heads import prior_correct, rsna_from_class7
+
+        head = self.head.get("rsna_head", "binary")
+        if head == "binary":
+            return p6_sigmoid
+        base = p7
+        if head == "prior_corrected" and self.head["balanced"]:
+            base = prior_correct(p7, np.asarray(self.head["class_prior"]))
+        return rsna_from_class7(base, np.asarray(self.head["multi_share"]))
 
     def save(self, fold_dir: Path) -> None:
         fold_dir = Path(fold_dir)
@@ -344,7 +391,8 @@ class CNNTrainer(FoldTrainer):
             (fold_dir / done).unlink(missing_ok=True)
         shutil.rmtree(fold_dir / "backup", ignore_errors=True)
         keep = {k: self.settings[k] for k in ARCH_KEYS if k in self.settings}
-        write_text_atomic(fold_dir / SETTINGS_FILE, json.dumps({"model": self.spec.name, **keep}, indent=2))
+        write_text_atomic(fold_dir / SETTINGS_FILE, json.dumps({"model": self.spec.name, **keep, "head": self.head},
+                                                               indent=2))
 
     @classmethod
     def load(cls, fold_dir: Path, ctx: FoldContext) -> "CNNTrainer":
@@ -356,7 +404,9 @@ class CNNTrainer(FoldTrainer):
             raise FileNotFoundError(f"{fold_dir}: no fitted CNN ({SETTINGS_FILE} and {MODEL_FILE} expected)")
         saved = json.loads(path.read_text())
         spec = get_model_spec(saved.pop("model"))
+        head = saved.pop("head", {})    # absent in folds saved before code_version 3: the sigmoid head
         trainer = cls(spec, {**{k: None for k in spec.defaults}, **saved}, ctx)
+        trainer.head = head
         trainer.model = trainer._build(None)
         load_weights(trainer.model, fold_dir / MODEL_FILE)
         return trainer

@@ -33,7 +33,8 @@ def truth_kind(slices: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.S
     any_ = (labels["any"] if labels is not None else s["any"]).reindex(s.index)
     kind = pd.Series("unknown", index=s.index, dtype=object)
     kind[any_.fillna(1).astype(int) == 0] = "normal"
-    kind[s["has_mask"].fillna(False).astype(bool)] = "mask"
+    if "has_mask" in s.columns:   # a table without the column has no masks: its positives are unknown
+        kind[s["has_mask"].fillna(False).astype(bool)] = "mask"
     return kind
 
 

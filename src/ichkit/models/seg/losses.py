@@ -51,6 +51,19 @@ def focal_tversky_loss(y_true, y_pred, alpha: float = 0.3, beta: float = 0.7, ga
     return ops.power(ops.maximum(1.0 - tversky, 0.0), gamma)
 
 
+def ignoring_unknown(loss: Callable) -> Callable:
+    """`loss` per image, 0 for images whose truth is all -1 (no pixel truth: a positive slice without a
+    mask, `models.cnn.inputs.CacheSequence(unknown_masks=...)`), so they neither teach "no blood" nor blood."""
+
+    def masked(y_true, y_pred):
+        flat = ops.reshape(ops.cast(y_true, "float32"), (ops.shape(y_true)[0], -1))
+        known = ops.cast(ops.min(flat, axis=1) >= 0.0, "float32")
+        return loss(ops.maximum(y_true, 0.0), y_pred) * known
+
+    masked.__name__ = f"{getattr(loss, '__name__', 'loss')}_known"
+    return masked
+
+
 def get_loss(name: str, smooth: float = 1.0) -> Callable:
     """The loss named in the config (`seg.<profile>.loss`)."""
     if name == "dice":
