@@ -18,6 +18,7 @@ image does; the classification head pools the features it shapes).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,8 @@ SKIP_LAYERS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 MIN_SIZE = {"resnet50": 32, "xception": 71}
 ENCODER_NAME = "encoder"
+# registered U-Net-style classifiers -> their encoder (cnn_baseline has no encoder and no decoder)
+UNET_CLASSIFIERS: dict[str, str] = {"resnet50_unet_cls": "resnet50", "xception_unet_cls": "xception"}
 
 
 class WeightsError(CNNError):
@@ -61,6 +64,12 @@ class ImagenetPreprocess(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def prior_bias(prior: float | None):
+    """Bias initialiser of a sigmoid output that starts at probability `prior` (its logit; RetinaNet's prior
+    initialisation); None = zeros (0.5)."""
+    return "zeros" if prior is None else keras.initializers.Constant(math.log(prior / (1.0 - prior)))
 
 
 def _stem(inputs, channels: int):
@@ -148,10 +157,8 @@ def unet_classifier(encoder: str, size: int, channels: int = 3, weights: str | N
     features = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = _heads(features)
     if mask_head:
-        import math
-
-        prior = keras.initializers.Constant(math.log(mask_prior / (1.0 - mask_prior)))
-        m = layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=prior, dtype="float32", name="mask_half")(x)
+        m = layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=prior_bias(mask_prior), dtype="float32",
+                          name="mask_half")(x)
         outputs["mask"] = layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="mask")(m)
     model = keras.Model(inputs, outputs, name=f"{encoder}_unet_cls")
     if weight_file is not None:
@@ -223,13 +230,12 @@ def build(name: str, size: int, channels: int = 3, weights: str | None = None, f
           baseline_width: int = 32, bn_momentum: float = 0.99, mask_head: bool = False) -> keras.Model:
     """A registered CNN by name. `bn_momentum` applies to every BatchNorm not in a frozen (pretrained) encoder;
     `mask_head` (U-Net classifiers only: the baseline has no decoder) adds the ``mask`` output."""
-    encoders = {"resnet50_unet_cls": "resnet50", "xception_unet_cls": "xception"}
     if name == "cnn_baseline":
         model = baseline_cnn(size, channels, weights, baseline_width)
-    elif name in encoders:
-        model = unet_classifier(encoders[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn,
+    elif name in UNET_CLASSIFIERS:
+        model = unet_classifier(UNET_CLASSIFIERS[name], size, channels, weights, decoder_filters, decoder_dropout, frozen_bn,
                                 mask_head=mask_head)
     else:
-        raise CNNError(f"unknown CNN {name!r}; expected cnn_baseline or one of {sorted(encoders)}")
+        raise CNNError(f"unknown CNN {name!r}; expected cnn_baseline or one of {sorted(UNET_CLASSIFIERS)}")
     set_bn_momentum(model, bn_momentum, skip=ENCODER_NAME if frozen_bn else None)
     return model

@@ -41,7 +41,7 @@ import pandas as pd
 
 from ichkit.engine.trainer import FoldContext, FoldTrainer
 from ichkit.files import write_text_atomic
-from ichkit.labels import CLASSES7, RSNA_LABELS
+from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES
 from ichkit.models.cnn import CNNError
 
 SETTINGS_FILE = "settings.json"
@@ -246,7 +246,9 @@ class CNNTrainer(FoldTrainer):
     @property
     def mask_head(self) -> bool:
         """The model has the decoder's ``mask`` output, trained on the masks (U-Net classifiers, mask_weight > 0)."""
-        return self.spec.name != "cnn_baseline" and float(self.settings.get("mask_weight") or 0) > 0
+        from ichkit.models.cnn.nets import UNET_CLASSIFIERS
+
+        return self.spec.name in UNET_CLASSIFIERS and float(self.settings.get("mask_weight") or 0) > 0
 
     def _compile(self, lr: float, model: Any = None) -> None:
         import keras
@@ -280,7 +282,9 @@ class CNNTrainer(FoldTrainer):
 
     @property
     def pretrained(self) -> bool:
-        return self.settings["weights"] not in (None, "none", "None", "") and self.spec.name != "cnn_baseline"
+        from ichkit.models.cnn.nets import UNET_CLASSIFIERS
+
+        return self.settings["weights"] not in (None, "none", "None", "") and self.spec.name in UNET_CLASSIFIERS
 
     def phases(self) -> list[tuple[str, int, int, float, bool]]:
         """(name, first epoch, end epoch, learning rate, encoder trainable) of each phase to run."""
@@ -297,7 +301,6 @@ class CNNTrainer(FoldTrainer):
         import keras
 
         from ichkit.heads import check_head, class_prior, multi_share_from_labels
-        from ichkit.labels import SUBTYPES
 
         fold_dir = Path(fold_dir)
         fold_dir.mkdir(parents=True, exist_ok=True)

@@ -46,12 +46,10 @@ def build_resnet50_unet(size: int, weights: str | None = None,
     initialisation). Blood is ~0.5% of the pixels: a network that starts at 0.5 everywhere spends its first
     ~100 steps unlearning that, and on a CPU run that is all the steps it gets (it then predicts nothing).
     """
-    import math
-
     import keras
     from keras import layers
 
-    from ichkit.models.cnn.nets import set_bn_momentum
+    from ichkit.models.cnn.nets import prior_bias, set_bn_momentum
 
     if size % 32:
         raise SegError(f"resnet50_unet_seg: input size must be a multiple of 32, got {size}")
@@ -69,8 +67,8 @@ def build_resnet50_unet(size: int, weights: str | None = None,
         skip = encoder.get_layer(SKIP_LAYERS[i]).output if i < len(SKIP_LAYERS) else inputs
         x = layers.Concatenate(name=f"dec{i}_concat")([x, skip])
         x = _conv_block(x, filters, f"dec{i}")
-    bias = "zeros" if init_prior is None else keras.initializers.Constant(math.log(init_prior / (1.0 - init_prior)))
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", bias_initializer=bias, name="mask")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", bias_initializer=prior_bias(init_prior),
+                            name="mask")(x)
     model = keras.Model(inputs, outputs, name="resnet50_unet_seg")
     set_bn_momentum(model, bn_momentum)
     return model
