@@ -41,7 +41,37 @@ ensure_browser() {
   fi
 }
 
+# TensorFlow on the CPU frees and re-allocates its large tensors every training step; glibc's malloc
+# hands them back to the kernel and faults them in again page by page, which on a KVM machine cost
+# 40-50 % of the CPU in kernel time (measured: Xception fold 524 s with glibc, 296 s with tcmalloc, the
+# same predictions). So every command runs with gperftools' tcmalloc preloaded: installed (Debian
+# package libtcmalloc-minimal4) when it is missing and apt-get can run; ICHKIT_MALLOC=system opts out.
+tcmalloc_path() { ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}'; }
+ensure_tcmalloc() {
+  [ "${ICHKIT_MALLOC:-tcmalloc}" = system ] && return 0
+  local lib; lib=$(tcmalloc_path)
+  if [ -z "$lib" ] && command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
+    fi
+    if [ "$sudo" != none ]; then
+      echo "[run.sh] installing tcmalloc (libtcmalloc-minimal4) for TensorFlow's CPU training speed" >&2
+      { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libtcmalloc-minimal4 \
+          || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libtcmalloc-minimal4; }; } \
+          >/dev/null 2>&1 || true
+      lib=$(tcmalloc_path)
+    fi
+  fi
+  if [ -n "$lib" ]; then
+    export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}"
+  else
+    echo "[run.sh] tcmalloc is not available: CNN and U-Net training on the CPU will be about 2x slower" >&2
+  fi
+}
+
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+ensure_tcmalloc
 case "${1:-all}" in
   test)  shift; ensure_browser; exec "$VENV/bin/python" -m pytest "$@" ;;
   bench) shift; name=${1:?bench needs a name, e.g. prepare}; shift; exec "$VENV/bin/python" "bench/$name.py" "$@" ;;

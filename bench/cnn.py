@@ -9,6 +9,10 @@ For each model and input size, in the same process and run:
 - ``infer``: `model.predict` images/s on the same cache without augmentation;
 - ``peak_rss_mb``: the process's peak resident memory after the model's runs (ru_maxrss, cumulative).
 
+The pipeline runs on a second, fresh build whose graphs `fit` traces, as in training. The header names the
+process's malloc: run through ``bash run.sh bench cnn`` (tcmalloc preloaded); with glibc's malloc fit
+spends ~40 % of the CPU faulting pages in (see `ichkit.models.cnn.compiled`).
+
 Usage::
 
     python bench/cnn.py                                    # short default: cnn_baseline + resnet50_unet_cls at 128
@@ -72,9 +76,13 @@ def bench_one(name: str, size: int, work: Path, steps: int, batch: int, workers:
     pick = rng.choice(len(ids), n, replace=len(ids) < n)
     ids_n, y_n = [ids[i] for i in pick], y7[pick]
     targets = {"class7": np.eye(len(CLASSES7), dtype=np.float32)[y_n], "rsna": np.zeros((n, 6), np.float32)}
-    model = nets.build(name, size)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss={"class7": "categorical_crossentropy", "rsna": rsna_weighted_bce})
+    def compiled():
+        model = nets.build(name, size)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss={"class7": "categorical_crossentropy", "rsna": rsna_weighted_bce})
+        return model
+
+    model = compiled()
     seq = CacheSequence(work, ids_n, size=size, batch_size=batch, labels7=y_n, targets=targets,
                         augmenter=ClassAugmenter.from_config(cfg, size), shuffle=True, workers=workers,
                         max_queue_size=8)
@@ -84,6 +92,9 @@ def bench_one(name: str, size: int, work: Path, steps: int, batch: int, workers:
     for step in range(steps):
         model.train_on_batch(*batches[step % len(batches)])
     bare = steps * batch / (time.perf_counter() - t0)
+    # a fresh model for the pipeline, its graphs traced by fit as the trainer's are (a train step traced
+    # by fit first runs slower than one traced by train_on_batch, and the order sticks for the process)
+    model = compiled()
     model.fit(seq, epochs=1, steps_per_epoch=2, verbose=0)        # warm-up of fit's own function
     t0 = time.perf_counter()
     model.fit(seq, epochs=1, verbose=0)
@@ -111,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from ichkit.config import load_config
+    from ichkit.models.cnn.compiled import allocator
 
     models = MODELS if args.models == ["all"] else tuple(args.models)
     gpus = tf.config.list_physical_devices("GPU")
     print(f"device: {'GPU x%d (%s)' % (len(gpus), gpus[0].name) if gpus else 'CPU'}; batch {args.batch}, "
-          f"{args.steps} steps, {args.workers} worker(s)", flush=True)
+          f"{args.steps} steps, {args.workers} worker(s); malloc: {allocator()}", flush=True)
     work = _work(args)
     cfg = load_config()
     print(f"{'model':<20} {'size':>4} {'bare img/s':>10} {'pipeline':>9} {'ratio':>6} {'infer':>8} {'peak MB':>8}")

@@ -108,6 +108,50 @@ def test_training_reduces_the_loss_and_predicts_the_contract(tiny, tmp_path):
     np.testing.assert_allclose(again.iloc[:, 2:].to_numpy(float), frame.iloc[:, 2:].to_numpy(float), atol=1e-6)
 
 
+def _tcmalloc() -> str | None:
+    import subprocess
+
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    return next((line.split()[-1] for line in out.splitlines() if "libtcmalloc_minimal.so.4 " in line), None)
+
+
+def test_allocator_names_the_malloc_the_process_runs_on():
+    """A real process with tcmalloc preloaded (what run.sh does) reads as tcmalloc; without, as glibc
+    (pyarrow's private jemalloc, loaded by pandas' parquet, does not count)."""
+    import os
+    import subprocess
+    import sys
+
+    lib = _tcmalloc()
+    if lib is None:
+        pytest.skip("libtcmalloc-minimal4 is not installed (bash run.sh test installs it)")
+    code = "import pyarrow.parquet; from ichkit.models.cnn.compiled import allocator; print(allocator())"
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    preloaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={**env, "LD_PRELOAD": lib})
+    assert (plain.stdout.strip(), preloaded.stdout.strip()) == ("glibc", "tcmalloc")
+
+
+def test_training_on_glibc_malloc_warns_once_and_says_how(monkeypatch):
+    from ichkit.models.cnn import compiled
+
+    monkeypatch.setattr(compiled, "_allocator_checked", False)
+    monkeypatch.setattr(compiled, "allocator", lambda maps=None: "glibc")
+    with pytest.warns(UserWarning, match="LD_PRELOAD.*libtcmalloc_minimal"):
+        compiled.warn_slow_allocator()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled.warn_slow_allocator()          # once per process
+    monkeypatch.setattr(compiled, "_allocator_checked", False)
+    monkeypatch.setattr(compiled, "allocator", lambda maps=None: "tcmalloc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled.warn_slow_allocator()
+
+
 def test_later_folds_reuse_the_compiled_model_and_train_as_a_fresh_build(tiny, tmp_path):
     """The second fold reuses the first fold's traced graphs (no retrace: the train function is the same
     object) and ends with the weights a fresh build + compile of that fold gives (same seeded init,

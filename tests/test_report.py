@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ def browser() -> str:
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:
     cmd = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    # run.sh preloads tcmalloc for TensorFlow; chromium has its own allocator (PartitionAlloc)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 class FakeSegResults:

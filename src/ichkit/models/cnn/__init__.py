@@ -19,6 +19,11 @@ from ichkit.errors import IchkitError
 from ichkit.models import ModelSpec, register
 
 
+# bump when a change to the family's code changes its outputs (the fold fingerprint reads it from the lazy
+# stand-in below, before Keras is imported; CNNTrainer.code_version is this value)
+CODE_VERSION = "3"   # 3: the U-Net classifiers' mask output (deep supervision), the RSNA head of train.rsna_head
+
+
 class CNNError(IchkitError):
     """A CNN setting or input that cannot work (profile, policy, context, size, encoder); names it."""
 
@@ -51,7 +56,7 @@ def _trainer_class() -> type:
 class _LazyTrainer:
     """Stands for CNNTrainer in the spec without importing Keras until a CNN is actually trained."""
 
-    code_version = "2"   # keep equal to CNNTrainer.code_version (the fingerprint reads it from here)
+    code_version = CODE_VERSION
 
     def __new__(cls, *args: Any, **kwargs: Any):  # spec.trainer(spec, params, ctx)
         return _trainer_class()(*args, **kwargs)

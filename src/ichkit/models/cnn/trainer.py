@@ -42,7 +42,7 @@ import pandas as pd
 from ichkit.engine.trainer import FoldContext, FoldTrainer
 from ichkit.files import write_text_atomic
 from ichkit.labels import CLASSES7, RSNA_LABELS, SUBTYPES
-from ichkit.models.cnn import CNNError
+from ichkit.models.cnn import CODE_VERSION, CNNError
 
 SETTINGS_FILE = "settings.json"
 MODEL_FILE = "model.weights.h5"
@@ -80,6 +80,9 @@ def device_setup() -> tuple[Any, int]:
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
+        from ichkit.models.cnn.compiled import warn_slow_allocator
+
+        warn_slow_allocator()
         return tf.distribute.get_strategy(), 1
     keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = tf.distribute.MirroredStrategy()
@@ -167,7 +170,7 @@ def write_state(fold_dir: Path, state: dict[str, Any]) -> None:
 class CNNTrainer(FoldTrainer):
     """One CNN on one fold. `params` are the model's (None = from the profile); see the module docstring."""
 
-    code_version = "3"   # 3: the U-Net classifiers' mask output (deep supervision), the RSNA head of train.rsna_head
+    code_version = CODE_VERSION
 
     def __init__(self, spec: Any, params: dict[str, Any], ctx: FoldContext) -> None:
         self.spec, self.params, self.ctx = spec, dict(params), ctx

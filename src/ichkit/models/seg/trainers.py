@@ -153,10 +153,11 @@ class ResNet50UNetSeg(FoldTrainer):
         """The seeded network, compiled; with `reuse` the previous fold's compiled graphs (cnn.compiled)."""
         import keras
 
-        from ichkit.models.cnn.compiled import reuse_compiled, set_seed
+        from ichkit.models.cnn.compiled import reuse_compiled, set_seed, warn_slow_allocator
         from ichkit.models.seg.losses import get_loss
         from ichkit.models.seg.unet import build_resnet50_unet
 
+        warn_slow_allocator()
         set_seed(int(self.ctx.seed) + int(self.ctx.fold))
         p = self.params
         weights = p["weights"] if p["weights"] not in (None, "none", "null") else None
