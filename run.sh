@@ -41,10 +41,11 @@ ensure_browser() {
   fi
 }
 
-# TensorFlow on the CPU frees and re-allocates its large tensors every training step; glibc's malloc
-# hands them back to the kernel and faults them in again page by page, which on a KVM machine cost
-# 40-50 % of the CPU in kernel time (measured: Xception fold 524 s with glibc, 296 s with tcmalloc, the
-# same predictions). So every command runs with gperftools' tcmalloc preloaded: installed (Debian
+# TensorFlow on the CPU frees and re-allocates its large tensors every training step, and the tf.data
+# generator op behind Keras' PyDataset sets glibc's M_TRIM_THRESHOLD to 128 KB for the whole process
+# (it logs "Memory patch applied"): glibc then hands the memory back to the kernel and faults it in again
+# page by page, 40-50 % of the CPU in kernel time on this KVM machine (measured: Xception fold 524 s
+# with glibc, 296 s with tcmalloc, the same predictions). So every command runs with gperftools' tcmalloc preloaded: installed (Debian
 # package libtcmalloc-minimal4) when it is missing and apt-get can run; ICHKIT_MALLOC=system opts out.
 tcmalloc_path() { ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}'; }
 ensure_tcmalloc() {

@@ -17,8 +17,9 @@ Used by the CNN classifiers (single-phase training) and the segmentation U-Net.
 
 `warn_slow_allocator` (called by the CNN and U-Net trainers before they build) checks the process's
 memory allocator (`allocator`): TensorFlow on the CPU
-re-allocates its large tensors every step, and with glibc's malloc the kernel faults them in again page
-by page (an Xception fold: 524 s, 43 % of it kernel time; 296 s with tcmalloc, the same predictions).
+re-allocates its large tensors every step, the tf.data generator op under Keras' PyDataset sets glibc's
+M_TRIM_THRESHOLD to 128 KB for the process, and with glibc's malloc the kernel then faults them in again
+page by page (an Xception fold: 524 s, 43 % of it kernel time; 296 s with tcmalloc, the same predictions).
 `run.sh` preloads tcmalloc; a process started otherwise on the CPU gets a warning saying how.
 """
 
