@@ -24,51 +24,51 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 
+# apt_install PKG WHY: a Debian package, installed quietly as root or with password-less sudo (the package
+# lists are refreshed only when the first try fails); returns non-zero when it cannot be installed.
+apt_install() {
+  local pkg=$1 why=$2 sudo=""
+  command -v apt-get >/dev/null 2>&1 || return 1
+  if [ "$(id -u)" != 0 ]; then
+    { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; } || return 1
+    sudo="sudo -n"
+  fi
+  echo "[run.sh] installing $pkg $why (apt-get)" >&2
+  { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" \
+      || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg"; }; } >/dev/null 2>&1
+}
+
 # The report's browser test (tests/test_report.py) renders the page in headless chromium (Debian package
 # `chromium`); CI must not skip it, so `test` installs it when it is missing and apt-get can run.
 ensure_browser() {
   local b
   for b in chromium chromium-browser google-chrome; do command -v "$b" >/dev/null 2>&1 && return 0; done
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "[run.sh] chromium is missing and apt-get needs root: tests/test_report.py will fail" >&2; return 0; fi
-  fi
-  if command -v apt-get >/dev/null 2>&1; then
-    echo "[run.sh] installing chromium for the report's browser test (apt-get, about a minute)" >&2
-    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >/dev/null 2>&1 \
-      || echo "[run.sh] could not install chromium: tests/test_report.py will fail" >&2
-  fi
+  apt_install chromium "for the report's browser test (about a minute)" \
+    || echo "[run.sh] could not install chromium (apt-get as root or password-less sudo): tests/test_report.py will fail" >&2
 }
 
 # TensorFlow on the CPU frees and re-allocates its large tensors every training step, and the tf.data
 # generator op behind Keras' PyDataset sets glibc's M_TRIM_THRESHOLD to 128 KB for the whole process
 # (it logs "Memory patch applied"): glibc then hands the memory back to the kernel and faults it in again
 # page by page, 40-50 % of the CPU in kernel time on this KVM machine (measured: Xception fold 524 s
-# with glibc, 296 s with tcmalloc, the same predictions). So every command runs with gperftools' tcmalloc preloaded: installed (Debian
-# package libtcmalloc-minimal4) when it is missing and apt-get can run; ICHKIT_MALLOC=system opts out.
+# with glibc, 296 s with tcmalloc, the same predictions). So every command runs with gperftools' tcmalloc
+# preloaded (Debian package libtcmalloc-minimal4, installed when missing and apt-get can run);
+# ICHKIT_MALLOC=system opts out.
 tcmalloc_path() { ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}'; }
 ensure_tcmalloc() {
   [ "${ICHKIT_MALLOC:-tcmalloc}" = system ] && return 0
   local lib; lib=$(tcmalloc_path)
-  if [ -z "$lib" ] && command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
-    fi
-    if [ "$sudo" != none ]; then
-      echo "[run.sh] installing tcmalloc (libtcmalloc-minimal4) for TensorFlow's CPU training speed" >&2
-      { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libtcmalloc-minimal4 \
-          || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libtcmalloc-minimal4; }; } \
-          >/dev/null 2>&1 || true
-      lib=$(tcmalloc_path)
-    fi
+  if [ -z "$lib" ] && apt_install libtcmalloc-minimal4 "(tcmalloc) for TensorFlow's CPU training speed"; then
+    lib=$(tcmalloc_path)
   fi
-  if [ -n "$lib" ]; then
-    export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}"
-  else
+  if [ -z "$lib" ]; then
     echo "[run.sh] tcmalloc is not available: CNN and U-Net training on the CPU will be about 2x slower" >&2
+    return 0
   fi
+  case ":${LD_PRELOAD:-}:" in
+    *":$lib:"*) ;;   # already preloaded (run.sh called from a run.sh command)
+    *) export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" ;;
+  esac
 }
 
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}

@@ -137,7 +137,7 @@ def test_training_on_glibc_malloc_warns_once_and_says_how(monkeypatch):
     from ichkit.models.cnn import compiled
 
     monkeypatch.setattr(compiled, "_allocator_checked", False)
-    monkeypatch.setattr(compiled, "allocator", lambda maps=None: "glibc")
+    monkeypatch.setattr(compiled, "allocator", lambda: "glibc")
     with pytest.warns(UserWarning, match="LD_PRELOAD.*libtcmalloc_minimal"):
         compiled.warn_slow_allocator()
     import warnings
@@ -146,7 +146,7 @@ def test_training_on_glibc_malloc_warns_once_and_says_how(monkeypatch):
         warnings.simplefilter("error")
         compiled.warn_slow_allocator()          # once per process
     monkeypatch.setattr(compiled, "_allocator_checked", False)
-    monkeypatch.setattr(compiled, "allocator", lambda maps=None: "tcmalloc")
+    monkeypatch.setattr(compiled, "allocator", lambda: "tcmalloc")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compiled.warn_slow_allocator()

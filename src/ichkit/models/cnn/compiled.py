@@ -70,14 +70,13 @@ def set_seed(seed: int) -> None:
     np.random.seed(int(seed))
 
 
-def allocator(maps: str | None = None) -> str:
+def allocator() -> str:
     """The malloc this process runs on: ``tcmalloc`` / ``jemalloc`` when one is loaded (LD_PRELOAD), else
-    ``glibc``. `maps`: the text of /proc/self/maps (read when None; no /proc: ``unknown``)."""
-    if maps is None:
-        try:
-            maps = open("/proc/self/maps").read()
-        except OSError:
-            return "unknown"
+    ``glibc`` (read from /proc/self/maps; no /proc: ``unknown``)."""
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return "unknown"
     # libjemalloc / libtcmalloc only: pyarrow's bundled jemalloc is private to Arrow, not the process's malloc
     found = [name for name in FAST_ALLOCATORS if f"lib{name}" in maps]
     return found[0] if found else "glibc"
