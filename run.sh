@@ -33,7 +33,7 @@ apt_install() {
     { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; } || return 1
     sudo="sudo -n"
   fi
-  echo "[run.sh] installing $pkg $why (apt-get)" >&2
+  echo "[run.sh] installing $pkg $why" >&2
   { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" \
       || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg"; }; } >/dev/null 2>&1
 }
@@ -43,7 +43,7 @@ apt_install() {
 ensure_browser() {
   local b
   for b in chromium chromium-browser google-chrome; do command -v "$b" >/dev/null 2>&1 && return 0; done
-  apt_install chromium "for the report's browser test (about a minute)" \
+  apt_install chromium "for the report's browser test (apt-get, about a minute)" \
     || echo "[run.sh] could not install chromium (apt-get as root or password-less sudo): tests/test_report.py will fail" >&2
 }
 
@@ -58,7 +58,7 @@ tcmalloc_path() { ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{p
 ensure_tcmalloc() {
   [ "${ICHKIT_MALLOC:-tcmalloc}" = system ] && return 0
   local lib; lib=$(tcmalloc_path)
-  if [ -z "$lib" ] && apt_install libtcmalloc-minimal4 "(tcmalloc) for TensorFlow's CPU training speed"; then
+  if [ -z "$lib" ] && apt_install libtcmalloc-minimal4 "(tcmalloc) for TensorFlow's CPU training speed (apt-get)"; then
     lib=$(tcmalloc_path)
   fi
   if [ -z "$lib" ]; then
