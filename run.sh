@@ -54,7 +54,8 @@ ensure_browser() {
 # with glibc, 296 s with tcmalloc, the same predictions). So every command runs with gperftools' tcmalloc
 # preloaded (Debian package libtcmalloc-minimal4, installed when missing and apt-get can run);
 # ICHKIT_MALLOC=system opts out.
-tcmalloc_path() { ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}'; }
+# awk reads to the end: quitting at the first match would SIGPIPE ldconfig, and pipefail + set -e then kill run.sh
+tcmalloc_path() { ldconfig -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 / && !found {print $NF; found=1}'; }
 ensure_tcmalloc() {
   [ "${ICHKIT_MALLOC:-tcmalloc}" = system ] && return 0
   local lib; lib=$(tcmalloc_path)
