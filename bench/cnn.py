@@ -1,22 +1,26 @@
 """CNN benchmark: training images/s through the whole input pipeline vs bare train_on_batch, inference, memory.
 
-For each model and input size, in the same process and run:
+For each model and input size, in the same run:
 
 - ``bare``: `train_on_batch` on pre-built in-memory batches of the same model and size (the ceiling);
 - ``pipeline``: `model.fit` on `ichkit.models.cnn.inputs.CacheSequence` reading the prepared cache with
   the class-specific augmentation (loading + augmentation + fit), one timed epoch after a warm-up epoch;
 - ``ratio`` = pipeline / bare (target >= 0.90: the pipeline keeps the model busy);
 - ``infer``: `model.predict` images/s on the same cache without augmentation;
-- ``peak_rss_mb``: the process's peak resident memory after the model's runs (ru_maxrss, cumulative).
+- ``peak_rss_mb``: the larger peak resident memory of the two processes (ru_maxrss).
 
-The pipeline runs on a second, fresh build whose graphs `fit` traces, as in training. The header names the
-process's malloc: run through ``bash run.sh bench cnn`` (tcmalloc preloaded); with glibc's malloc fit
-spends ~40 % of the CPU faulting pages in (see `ichkit.models.cnn.compiled`).
+Written to bench/results/cnn.json too.
+
+Each measurement runs in a fresh process (bare and pipeline alternate over ``--repeats``; medians are
+printed): in one process the second model inherited the first's heap and threads and read up to 40 %
+slow. The pipeline's graphs are traced by `fit`, as in training. The header names the process's malloc:
+run through ``bash run.sh bench cnn`` (tcmalloc preloaded); with glibc's malloc fit spends ~40 % of the
+CPU faulting pages in (see `ichkit.models.cnn.compiled`).
 
 Usage::
 
     python bench/cnn.py                                    # short default: cnn_baseline + resnet50_unet_cls at 128
-    python bench/cnn.py --models all --sizes 128 256 --steps 20
+    python bench/cnn.py --models all --sizes 128 256 --steps 12 --repeats 2
     python bench/cnn.py --work work                         # an existing prepared work folder
 
 Without --work a small phantom is generated and prepared once under the temp folder
@@ -26,6 +30,7 @@ Without --work a small phantom is generated and prepared once under the temp fol
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -35,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+RESULTS = Path(__file__).resolve().parent / "results" / "cnn.json"
 MODELS = ("cnn_baseline", "resnet50_unet_cls", "xception_unet_cls")
 
 
@@ -61,7 +67,7 @@ def _ids_and_labels(work: Path) -> tuple[list[str], np.ndarray]:
     return train["image_id"].astype(str).tolist(), train["label7"].map(CLASS7_INDEX).to_numpy(dtype=np.int64)
 
 
-def bench_one(name: str, size: int, work: Path, steps: int, batch: int, workers: int, cfg: dict) -> dict:
+def _setup(name: str, size: int, work: Path, steps: int, batch: int, workers: int, cfg: dict):
     import keras
 
     from ichkit.labels import CLASSES7
@@ -76,37 +82,68 @@ def bench_one(name: str, size: int, work: Path, steps: int, batch: int, workers:
     pick = rng.choice(len(ids), n, replace=len(ids) < n)
     ids_n, y_n = [ids[i] for i in pick], y7[pick]
     targets = {"class7": np.eye(len(CLASSES7), dtype=np.float32)[y_n], "rsna": np.zeros((n, 6), np.float32)}
-    def compiled():
-        model = nets.build(name, size)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss={"class7": "categorical_crossentropy", "rsna": rsna_weighted_bce})
-        return model
-
-    model = compiled()
+    model = nets.build(name, size)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss={"class7": "categorical_crossentropy", "rsna": rsna_weighted_bce})
     seq = CacheSequence(work, ids_n, size=size, batch_size=batch, labels7=y_n, targets=targets,
                         augmenter=ClassAugmenter.from_config(cfg, size), shuffle=True, workers=workers,
                         max_queue_size=8)
-    batches = [seq[i] for i in range(min(len(seq), 4))]          # the same data, pre-built in memory
-    model.train_on_batch(*batches[0])                             # trace
-    t0 = time.perf_counter()
-    for step in range(steps):
-        model.train_on_batch(*batches[step % len(batches)])
-    bare = steps * batch / (time.perf_counter() - t0)
-    # a fresh model for the pipeline, its graphs traced by fit as the trainer's are (a train step traced
-    # by fit first runs slower than one traced by train_on_batch, and the order sticks for the process)
-    model = compiled()
-    model.fit(seq, epochs=1, steps_per_epoch=2, verbose=0)        # warm-up of fit's own function
-    t0 = time.perf_counter()
-    model.fit(seq, epochs=1, verbose=0)
-    pipeline = n / (time.perf_counter() - t0)
-    plain = CacheSequence(work, ids_n, size=size, batch_size=batch * 2, workers=workers)
-    model.predict(plain[0][0], verbose=0)
-    t0 = time.perf_counter()
-    model.predict(plain, verbose=0)
-    infer = n / (time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": name, "size": size, "bare_img_s": bare, "pipeline_img_s": pipeline,
-            "ratio": pipeline / bare, "infer_img_s": infer, "peak_rss_mb": rss}
+    return model, seq, ids_n
+
+
+def measure(part: str, name: str, size: int, work: Path, steps: int, batch: int, workers: int) -> dict:
+    """One measurement in this (fresh) process: ``bare`` or ``pipeline`` (+ inference)."""
+    from ichkit.config import load_config
+    from ichkit.models.cnn.inputs import CacheSequence
+
+    model, seq, ids_n = _setup(name, size, work, steps, batch, workers, load_config())
+    n = steps * batch
+    out: dict = {}
+    if part == "bare":
+        batches = [seq[i] for i in range(min(len(seq), 4))]      # the same data, pre-built in memory
+        model.train_on_batch(*batches[0])                         # trace
+        t0 = time.perf_counter()
+        for step in range(steps):
+            model.train_on_batch(*batches[step % len(batches)])
+        out["img_s"] = n / (time.perf_counter() - t0)
+    else:
+        model.fit(seq, epochs=1, steps_per_epoch=2, verbose=0)    # warm-up: fit traces its own function
+        t0 = time.perf_counter()
+        model.fit(seq, epochs=1, verbose=0)
+        out["img_s"] = n / (time.perf_counter() - t0)
+        plain = CacheSequence(work, ids_n, size=size, batch_size=batch * 2, workers=workers)
+        model.predict(plain[0][0], verbose=0)
+        t0 = time.perf_counter()
+        model.predict(plain, verbose=0)
+        out["infer_img_s"] = n / (time.perf_counter() - t0)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _in_subprocess(part: str, name: str, size: int, work: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--part", part, "--models", name, "--sizes", str(size), "--work", str(work),
+           "--steps", str(args.steps), "--batch", str(args.batch), "--workers", str(args.workers)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_one(name: str, size: int, work: Path, args: argparse.Namespace) -> dict:
+    """bare and pipeline each in a fresh process, `--repeats` times in alternating order; medians.
+
+    Separate processes: in one process the second model inherited the first one's heap and threads, and
+    Xception's pipeline at 128 px then read 0.60x bare in two runs (2026-12-03) while the same two
+    measurements in fresh processes read 0.91x. Training runs one model per process, as here.
+    """
+    bare, pipe = [], []
+    for r in range(args.repeats):
+        order = ("bare", "pipeline") if r % 2 == 0 else ("pipeline", "bare")
+        for part in order:
+            (bare if part == "bare" else pipe).append(_in_subprocess(part, name, size, work, args))
+    med = lambda xs, k: float(np.median([x[k] for x in xs]))  # noqa: E731
+    ratios = [p["img_s"] / b["img_s"] for b, p in zip(bare, pipe)]
+    return {"model": name, "size": size, "bare_img_s": med(bare, "img_s"), "pipeline_img_s": med(pipe, "img_s"),
+            "ratio": float(np.median(ratios)), "ratios": ratios, "infer_img_s": med(pipe, "infer_img_s"),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in bare + pipe)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,25 +154,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--steps", type=int, default=6, help="timed batches per measurement")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1, help="PyDataset worker threads")
+    parser.add_argument("--workers", type=int, default=None, help="PyDataset worker threads (default: cnn.input.workers)")
+    parser.add_argument("--repeats", type=int, default=1, help="bare/pipeline pairs per model and size (medians)")
+    parser.add_argument("--part", choices=("bare", "pipeline"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.part is not None:  # one measurement, called by bench_one in a fresh process
+        print(json.dumps(measure(args.part, args.models[0], args.sizes[0], Path(args.work), args.steps,
+                                 args.batch, args.workers)))
+        return 0
     import tensorflow as tf
 
     from ichkit.config import load_config
     from ichkit.models.cnn.compiled import allocator
 
+    if args.workers is None:
+        args.workers = int(load_config()["cnn"]["input"]["workers"])
+
     models = MODELS if args.models == ["all"] else tuple(args.models)
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"device: {'GPU x%d (%s)' % (len(gpus), gpus[0].name) if gpus else 'CPU'}; batch {args.batch}, "
-          f"{args.steps} steps, {args.workers} worker(s); malloc: {allocator()}", flush=True)
+    device = f"GPU x{len(gpus)} ({gpus[0].name})" if gpus else "CPU"
+    print(f"device: {device}; batch {args.batch}, {args.steps} steps, {args.workers} worker(s), "
+          f"{args.repeats} repeat(s); malloc: {allocator()}", flush=True)
     work = _work(args)
-    cfg = load_config()
     print(f"{'model':<20} {'size':>4} {'bare img/s':>10} {'pipeline':>9} {'ratio':>6} {'infer':>8} {'peak MB':>8}")
+    rows = []
     for name in models:
         for size in args.sizes:
-            r = bench_one(name, size, work, args.steps, args.batch, args.workers, cfg)
+            r = bench_one(name, size, work, args)
+            rows.append(r)
             print(f"{r['model']:<20} {r['size']:>4} {r['bare_img_s']:>10.1f} {r['pipeline_img_s']:>9.1f} "
                   f"{r['ratio']:>6.2f} {r['infer_img_s']:>8.1f} {r['peak_rss_mb']:>8.0f}", flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"device": device, "malloc": allocator(), "batch": args.batch,
+                                   "steps": args.steps, "workers": args.workers, "rows": rows}, indent=2))
     return 0
 
 
