@@ -19,7 +19,7 @@ from ichkit.engine.trainer import FoldContext  # noqa: E402
 from ichkit.labels import CLASS7_INDEX, RSNA_LABELS  # noqa: E402
 from ichkit.models import get_model_spec  # noqa: E402
 from ichkit.models.cnn import nets  # noqa: E402
-from ichkit.models.cnn.trainer import CNNTrainer, read_state  # noqa: E402
+from ichkit.models.cnn.trainer import CNNTrainer, load_weights, read_state  # noqa: E402
 from ichkit.oof import OOF_COLUMNS  # noqa: E402
 from synthetic_ct import config_for, make_work  # noqa: E402
 
@@ -277,6 +277,34 @@ def test_pretrained_encoder_is_frozen_first_then_fine_tuned(tiny, tmp_path, monk
     assert not unchanged                                                     # phase 2: unfrozen by the recompile
     for p in moving:                                                         # BN in inference mode throughout
         np.testing.assert_array_equal(tuned[p], saved[p], err_msg=p)
+
+
+def test_weight_ema_is_what_validation_and_the_checkpoints_hold(tiny, tmp_path):
+    ids = tiny[3].index.tolist()
+    seen: dict[str, list] = {"end": [], "raw": [], "begin": []}
+
+    class Look(keras.callbacks.Callback):   # runs after the trainer's own callbacks
+        def on_epoch_end(self, epoch, logs=None):
+            seen["end"].append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights])
+            seen["raw"].append([keras.ops.convert_to_numpy(v)
+                                for v in self.model.optimizer._model_variables_moving_average])
+
+        def on_epoch_begin(self, epoch, logs=None):
+            seen["begin"].append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_weights])
+
+    trainer = _trainer(tiny, "cnn_baseline", epochs=3, lr=3e-3, weight_ema=0.5)
+    trainer.extra_callbacks = [Look()]
+    trainer.fit(ids, ids[::7], tmp_path, resume=False)
+    assert trainer.model.optimizer.use_ema
+    saved = trainer._build(None)
+    load_weights(saved, tmp_path / "latest.weights.h5")
+    # at each epoch's end the model holds the average (what validation scored and the checkpoint saved)
+    for got, want in zip(saved.trainable_weights, seen["end"][-1]):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+    assert any(not np.allclose(a, b) for a, b in zip(seen["end"][0], seen["raw"][0]))
+    # ... and the next epoch trains on from the raw weights, not from the average
+    for got, want in zip(seen["begin"][1], seen["raw"][0]):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_inner_validation_is_class_balanced_like_the_training_epochs(tiny):

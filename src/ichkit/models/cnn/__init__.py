@@ -35,7 +35,8 @@ CNN_MODELS: dict[str, str] = {
 }
 # every key a profile sets; a model param left None takes the profile's value
 PARAM_KEYS = ("size", "batch_size", "epochs", "freeze_epochs", "lr", "finetune_lr_factor", "samples_per_class",
-              "valid_max", "patience", "tta", "decoder_filters", "decoder_dropout", "baseline_width", "bn_momentum", "context")
+              "valid_max", "patience", "tta", "decoder_filters", "decoder_dropout", "baseline_width", "bn_momentum", "weight_ema",
+              "context")
 
 
 def _suggest(trial: Any) -> dict[str, Any]:

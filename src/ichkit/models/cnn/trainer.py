@@ -17,7 +17,10 @@ second phase runs, at ``lr``. Loss: categorical cross-entropy on ``class7`` + BC
 2 for ``any`` (the competition weights); for the U-Net classifiers with ``mask_weight`` > 0, plus that
 weight times ``mask_loss`` (a `ichkit.models.seg.losses` name) of the decoder's ``mask`` output against
 the ground-truth masks (normal slices: empty; positive slices without a mask: left out). Early stopping
-and best checkpoint on the inner validation split.
+and best checkpoint on the inner validation split. With ``weight_ema`` (a momentum) Adam keeps a moving
+average of the weights (Keras' ``use_ema``) and `keras.callbacks.SwapEMAWeights` puts it in the model for
+validation and the checkpoints, so the epoch chosen and the weights predicted with are the average; training
+steps on from the raw weights.
 
 The six RSNA probabilities follow ``train.rsna_head`` as in every family (`ichkit.heads`): ``binary`` is
 the network's own sigmoid head; ``class7`` maps its softmax; ``prior_corrected`` (the default) maps the
@@ -263,7 +266,10 @@ class CNNTrainer(FoldTrainer):
 
             losses["mask"] = ignoring_unknown(get_loss(str(self.settings["mask_loss"])))
             weights["mask"] = float(self.settings["mask_weight"])
-        (model or self.model).compile(optimizer=keras.optimizers.Adam(lr), loss=losses, loss_weights=weights,
+        ema = self.settings.get("weight_ema")
+        optimizer = (keras.optimizers.Adam(lr, use_ema=True, ema_momentum=float(ema)) if ema
+                     else keras.optimizers.Adam(lr))
+        (model or self.model).compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                                       metrics={"class7": [keras.metrics.CategoricalAccuracy(name="acc")]})
 
     def _set_encoder_trainable(self, trainable: bool) -> None:
@@ -348,8 +354,10 @@ class CNNTrainer(FoldTrainer):
                     self._compile(lr)   # trainable flags are fixed at compile: recompile per phase
             if name == "finetune" and state["epochs_done"] == start:
                 state["wait"] = 0   # early stopping counts afresh once the encoder is unfrozen
-            callbacks = [checkpoint,
-                         keras.callbacks.BackupAndRestore(str(fold_dir / "backup" / name)),
+            # order: the backup saves the raw weights (and the EMA in the optimizer) before SwapEMAWeights
+            # puts the EMA into the model for the checkpoint; validation always scores the EMA
+            ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if s.get("weight_ema") else []
+            callbacks = [keras.callbacks.BackupAndRestore(str(fold_dir / "backup" / name)), *ema, checkpoint,
                          keras.callbacks.CSVLogger(str(fold_dir / "log.csv"), append=True),
                          *self.extra_callbacks]
             stopped = bool(s.get("patience")) and state["wait"] >= int(s["patience"])
