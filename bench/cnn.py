@@ -15,9 +15,9 @@ Written to bench/results/cnn.json too.
 
 Each measurement runs in a fresh process (bare and pipeline alternate over ``--repeats``; the best run of
 each is printed, all of them are in the JSON): in one process the second model inherited the first's heap
-and threads and read up to 40 % slow. The pipeline's graphs are traced by `fit`, as in training. The header names the process's malloc:
-run through ``bash run.sh bench cnn`` (tcmalloc preloaded); with glibc's malloc fit spends ~40 % of the
-CPU faulting pages in (see `ichkit.models.cnn.compiled`).
+and threads and read up to 40 % slow. The pipeline's graphs are traced by `fit`, as in training. The
+header names the process's malloc: run through ``bash run.sh bench cnn`` (tcmalloc preloaded); with
+glibc's malloc fit spends ~40 % of the CPU faulting pages in (see `ichkit.models.cnn.compiled`).
 
 Usage::
 
@@ -112,7 +112,9 @@ def measure(part: str, name: str, size: int, work: Path, steps: int, batch: int,
         import keras
 
         class StepClock(keras.callbacks.Callback):
-            ends: list[float] = []
+            def __init__(self):
+                super().__init__()
+                self.ends: list[float] = []
 
             def on_train_batch_end(self, batch, logs=None):
                 self.ends.append(time.perf_counter())
@@ -187,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     models = MODELS if args.models == ["all"] else tuple(args.models)
     gpus = tf.config.list_physical_devices("GPU")
     device = f"GPU x{len(gpus)} ({gpus[0].name})" if gpus else "CPU"
+    malloc = allocator()
     print(f"device: {device}; batch {args.batch}, {args.steps} steps, {args.workers} worker(s), "
-          f"{args.repeats} repeat(s); malloc: {allocator()}", flush=True)
+          f"{args.repeats} repeat(s); malloc: {malloc}", flush=True)
     work = _work(args)
     print(f"{'model':<20} {'size':>4} {'bare img/s':>10} {'pipeline':>9} {'ratio':>6} {'infer':>8} {'peak MB':>8}")
     rows = []
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['model']:<20} {r['size']:>4} {r['bare_img_s']:>10.1f} {r['pipeline_img_s']:>9.1f} "
                   f"{r['ratio']:>6.2f} {r['infer_img_s']:>8.1f} {r['peak_rss_mb']:>8.0f}", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"device": device, "malloc": allocator(), "batch": args.batch,
+    RESULTS.write_text(json.dumps({"device": device, "malloc": malloc, "batch": args.batch,
                                    "steps": args.steps, "workers": args.workers, "rows": rows}, indent=2))
     return 0
 
